@@ -1,0 +1,317 @@
+//! `deployhook serve`: wires the threads together, recovers open jobs, and handles signals.
+//!
+//! Start-up order matters: the admin socket is bound before any other thread exists (its mode
+//! comes from the process-wide umask), open jobs are handed to the scheduler before the hook
+//! listener accepts its first trigger, and the ready line is logged only once every listener is
+//! bound and the journal is open.
+//!
+//! Threads: `journal-writer`, `scheduler`, `build-N` (the pool), `janitor`, `pruner`,
+//! `http-public` / `http-status` (accept) with their connection threads, `admin`, and the main
+//! thread, which waits for signals: SIGHUP reloads the config, SIGTERM / SIGINT shut down.
+
+use crate::build::{self, Context};
+use crate::config::{self, Config, ConfigError};
+use crate::http::admin::{self, Admin};
+use crate::http::conn::{Limits, Listener};
+use crate::http::status::StatusHandler;
+use crate::http::trigger::TriggerHandler;
+use crate::journal::{JobState, Journal, JournalError, Op, Outcome};
+use crate::metrics::Metrics;
+use crate::notify;
+use crate::scheduler::{self, Event, QueuedJob};
+use crossbeam_channel::Sender;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::fmt;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// Extra time, past the kill grace, that shutdown waits for build threads.
+const SHUTDOWN_SLACK: Duration = Duration::from_millis(1500);
+
+#[derive(Debug)]
+pub enum DaemonError {
+    Config(ConfigError),
+    /// Something needed to start could not be had (a port, a directory, the journal).
+    Startup(String),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonError::Config(e) => write!(f, "{e}"),
+            DaemonError::Startup(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+fn startup(what: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
+    DaemonError::Startup(format!("{what}: {e}"))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn serve(config_path: &Path) -> Result<(), DaemonError> {
+    let config = config::load(config_path).map_err(DaemonError::Config)?;
+    run(config)
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, DaemonError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| startup(format!("cannot start thread {name}"), e))
+}
+
+/// Creates the state folders; build directories left by a previous run are moved aside at once
+/// and deleted in the background.
+fn prepare_state(config: &Config, janitor: &Sender<PathBuf>) -> Result<(), DaemonError> {
+    for dir in [&config.state_dir, &config.logs_dir()] {
+        std::fs::create_dir_all(dir).map_err(|e| startup(format!("cannot create {}", dir.display()), e))?;
+    }
+    let builds = config.builds_dir();
+    if builds.exists() {
+        let stale = config
+            .state_dir
+            .join(format!("builds.stale-{}", build::now_ms()));
+        std::fs::rename(&builds, &stale)
+            .map_err(|e| startup(format!("cannot move aside {}", builds.display()), e))?;
+    }
+    std::fs::create_dir_all(&builds).map_err(|e| startup(format!("cannot create {}", builds.display()), e))?;
+    if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("builds.stale-") {
+                let _ = janitor.send(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn queued(row: &crate::journal::JobRow, restarted: bool) -> QueuedJob {
+    QueuedJob {
+        id: row.job.id.clone(),
+        hook_id: row.job.hook_id.clone(),
+        hook_name: row.hook_name.clone(),
+        project: row.job.project.clone(),
+        branch: row.job.branch.clone(),
+        restarted,
+    }
+}
+
+/// Sends every open job to the scheduler. A job found BUILDING was interrupted by a crash: any
+/// of its processes that outlived the old daemon are killed before it starts over.
+fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalError> {
+    let open = journal.open_jobs()?;
+    for row in &open {
+        let interrupted = row.job.state == JobState::Building;
+        if interrupted {
+            build::kill_by_job_id(&row.job.id);
+            journal.submit(Op::Requeue {
+                job_id: row.job.id.clone(),
+            })?;
+            log::info!("job={} hook={} was interrupted; it starts over", row.job.id, row.job.hook_id);
+        }
+        let _ = events.send(Event::Queued {
+            job: queued(row, interrupted),
+            superseded: None,
+        });
+    }
+    Ok(open.len())
+}
+
+/// What the journal writer tells the rest of the daemon after each commit.
+fn on_commit(events: Sender<Event>, janitor: Sender<PathBuf>, logs: PathBuf, metrics: Arc<Metrics>) -> impl FnMut(&Outcome) {
+    move |outcome| match outcome {
+        Outcome::Triggered { row, superseded } => {
+            metrics.job_entered(JobState::Pending);
+            if superseded.is_some() {
+                metrics.job_entered(JobState::Canceled);
+            }
+            let _ = events.send(Event::Queued {
+                job: queued(row, false),
+                superseded: superseded.as_ref().map(|(id, _)| id.clone()),
+            });
+        }
+        Outcome::Finished(row) => metrics.job_entered(row.job.state),
+        Outcome::Pruned(ids) => {
+            for id in ids {
+                let _ = janitor.send(logs.join(format!("{id}.log")));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn bind_tcp(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).map_err(|e| startup(format!("cannot listen on {addr} ({what})"), e))
+}
+
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    crate::sys::raise_nofile_limit();
+    let started = Instant::now();
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| startup("cannot install signal handlers", e))?;
+    let admin_listener = admin::bind(&config.admin_socket, config.admin_group.as_deref())
+        .map_err(|e| startup(format!("cannot bind the admin socket {}", config.admin_socket.display()), e))?;
+    let (janitor_tx, janitor_rx) = crossbeam_channel::unbounded();
+    spawn("janitor", move || build::janitor(janitor_rx))?;
+    prepare_state(&config, &janitor_tx)?;
+    let journal_path = config.journal_path();
+    let (journal, writer) = Journal::open(&journal_path)
+        .map_err(|e| startup(format!("cannot open the journal {}", journal_path.display()), e))?;
+    let public_socket = bind_tcp(config.listen, "listen")?;
+    let status_socket = bind_tcp(config.status_listen, "status_listen")?;
+
+    let metrics = Arc::new(Metrics::default());
+    metrics.workers_total.store(config.workers as u64, Relaxed);
+    let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
+    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
+
+    {
+        let commit = on_commit(events_tx.clone(), janitor_tx.clone(), config.logs_dir(), metrics.clone());
+        let m = metrics.clone();
+        spawn("journal-writer", move || writer.run(commit, move |s| {
+            if s.ok {
+                m.commit(s.ops, s.seconds)
+            }
+        }))?;
+    }
+    let recovered = recover(&journal, &events_tx).map_err(|e| startup("cannot read open jobs", e))?;
+    {
+        let m = metrics.clone();
+        let workers = config.workers;
+        spawn("scheduler", move || scheduler::run(events_rx, pool_tx, workers, m))?;
+    }
+    let ctx = Context {
+        journal: journal.clone(),
+        config: shared.clone(),
+        metrics: metrics.clone(),
+        scheduler: events_tx.clone(),
+        janitor: janitor_tx.clone(),
+    };
+    let mut workers = Vec::new();
+    for i in 0..config.workers {
+        let (ctx, rx) = (ctx.clone(), pool_rx.clone());
+        workers.push(spawn(&format!("build-{i}"), move || build::worker(ctx, rx))?);
+    }
+    drop(pool_rx);
+    {
+        let (journal, shared) = (journal.clone(), shared.clone());
+        spawn("pruner", move || loop {
+            std::thread::sleep(PRUNE_EVERY);
+            let keep = shared.read().unwrap_or_else(PoisonError::into_inner).keep_jobs;
+            journal.submit_detached(Op::Prune { keep });
+        })?;
+    }
+
+    let mut public = Listener::start(
+        public_socket,
+        "http-public",
+        Arc::new(TriggerHandler {
+            journal: journal.clone(),
+            metrics: metrics.clone(),
+        }),
+        Limits::DEFAULT,
+    )
+    .map_err(|e| startup("cannot start the hook listener", e))?;
+    let mut status = Listener::start(
+        status_socket,
+        "http-status",
+        Arc::new(StatusHandler {
+            journal: journal.clone(),
+            metrics: metrics.clone(),
+            config: shared.clone(),
+            started,
+        }),
+        Limits::DEFAULT,
+    )
+    .map_err(|e| startup("cannot start the status listener", e))?;
+    let admin = Arc::new(Admin {
+        journal: journal.clone(),
+        config: shared.clone(),
+    });
+    let admin_fd = admin_listener
+        .try_clone()
+        .map_err(|e| startup("admin socket", e))?;
+    spawn("admin", move || admin.serve(admin_listener))?;
+
+    log::info!(
+        "ready public={} status={} admin={} journal={} workers={} recovered_jobs={recovered}",
+        public.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        status.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        config.admin_socket.display(),
+        journal_path.display(),
+        config.workers,
+    );
+    notify::ready();
+
+    wait_for_stop(signals, &config.path, &shared);
+
+    notify::stopping();
+    log::info!("shutting down: no new triggers; stopping running builds (they start over after the restart)");
+    public.stop();
+    status.stop();
+    crate::sys::shutdown_listener(&admin_fd);
+    let _ = std::fs::remove_file(&config.admin_socket);
+    let _ = events_tx.send(Event::Shutdown);
+    let grace = shared.read().unwrap_or_else(PoisonError::into_inner).kill_grace;
+    let deadline = Instant::now() + grace + SHUTDOWN_SLACK;
+    while workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Handles signals until one asks the daemon to stop.
+fn wait_for_stop(mut signals: Signals, path: &Path, shared: &RwLock<Arc<Config>>) {
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => reload(path, shared),
+            _ => return,
+        }
+    }
+}
+
+/// Re-reads the config. Projects and per-job settings apply to jobs that start afterwards;
+/// listeners, paths and the worker count need a restart. An invalid file changes nothing.
+fn reload(path: &Path, shared: &RwLock<Arc<Config>>) {
+    notify::reloading();
+    match config::load(path) {
+        Ok(new) => {
+            let mut guard = shared.write().unwrap_or_else(PoisonError::into_inner);
+            let old = guard.clone();
+            let fixed = [
+                ("listen", old.listen != new.listen),
+                ("status_listen", old.status_listen != new.status_listen),
+                ("admin_socket", old.admin_socket != new.admin_socket),
+                ("state_dir", old.state_dir != new.state_dir),
+                ("workers", old.workers != new.workers),
+            ];
+            for (key, changed) in fixed {
+                if changed {
+                    log::warn!("config reload: `{key}` changed; it takes effect after a restart");
+                }
+            }
+            *guard = Arc::new(Config {
+                listen: old.listen,
+                status_listen: old.status_listen,
+                admin_socket: old.admin_socket.clone(),
+                state_dir: old.state_dir.clone(),
+                workers: old.workers,
+                ..new
+            });
+            log::info!("config reloaded from {}: {} projects", path.display(), guard.projects.len());
+        }
+        Err(e) => log::error!("config reload refused, keeping the running configuration: {e}"),
+    }
+    notify::ready();
+}

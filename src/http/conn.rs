@@ -1,0 +1,602 @@
+//! The connection layer under both HTTP listeners: accepting, reading request heads within
+//! limits, and writing responses with tiny_http's response writer.
+//!
+//! tiny_http 0.12's `Server` owns this layer itself and, as released, aborts the process when a
+//! request announcing a huge `Content-Length` is dropped unread, sets no socket timeouts, reads
+//! header lines without a bound, starts a thread per connection without a limit and takes the
+//! first of two conflicting `Content-Length` headers. The fork tiny_http_fork 0.12.17 fixes only
+//! the first (and its accept loop still ends on an `EMFILE`). So deployhook owns accepting and
+//! request framing here, with every limit a named constant enforced in one place, and keeps
+//! tiny_http's message types and `Response::raw_print` (status line, `Date`, framing, HEAD).
+//!
+//! Threads: one accept thread per listener; one thread per connection, at most
+//! [`Limits::max_connections`] at once (past that a connection gets a `503` and is closed).
+
+use super::{ApiError, Reply, ReplyBody};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tiny_http::{HTTPVersion, Header, Method};
+
+/// Limits of one listener. Defaults are [`Limits::DEFAULT`].
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Request line plus headers, in bytes (`431` past it).
+    pub max_head_bytes: usize,
+    /// Number of header lines (`431` past it).
+    pub max_headers: usize,
+    /// Request body, read and thrown away (`413` past it).
+    pub max_body_bytes: u64,
+    /// Time for a whole request (head and body) to arrive once its first byte did (`408`).
+    pub request_timeout: Duration,
+    /// Time an open connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Time a response write may block.
+    pub write_timeout: Duration,
+    /// Open connections at once; more are answered `503` and closed.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        max_head_bytes: 16 * 1024,
+        max_headers: 64,
+        max_body_bytes: 64 * 1024,
+        request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(15),
+        write_timeout: Duration::from_secs(15),
+        max_connections: 512,
+    };
+}
+
+/// A request whose head has been read and checked.
+pub struct Request {
+    pub method: Method,
+    /// Path without the query string, as sent (not percent-decoded).
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<Header>,
+    pub version: HTTPVersion,
+    pub remote: Option<SocketAddr>,
+}
+
+impl Request {
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    fn wants_close(&self) -> bool {
+        let conn = self
+            .headers
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str().to_ascii_lowercase());
+        match self.version {
+            HTTPVersion(1, 0) => conn.as_deref() != Some("keep-alive"),
+            _ => conn.is_some_and(|c| c.split(',').any(|t| t.trim() == "close")),
+        }
+    }
+}
+
+/// Answers requests. Called on connection threads, so it must be cheap to share.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: &Request) -> Reply;
+}
+
+/// A bound listener with its accept thread.
+pub struct Listener {
+    socket: Arc<TcpListener>,
+    stopped: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Starts accepting on `socket`; `name` names the threads (`http-public`, `http-status`).
+    pub fn start(
+        socket: TcpListener,
+        name: &str,
+        handler: Arc<dyn Handler>,
+        limits: Limits,
+    ) -> io::Result<Listener> {
+        let socket = Arc::new(socket);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (sock, stop) = (socket.clone(), stopped.clone());
+        let conn_name = format!("{name}-conn");
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || accept_loop(&sock, &stop, &conn_name, handler, limits))?;
+        Ok(Listener {
+            socket,
+            stopped,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Stops accepting; connections in progress finish on their own threads.
+    pub fn stop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        crate::sys::shutdown_listener(&*self.socket);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decrements the open-connection count when a connection thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(
+    socket: &TcpListener,
+    stopped: &AtomicBool,
+    conn_name: &str,
+    handler: Arc<dyn Handler>,
+    limits: Limits,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut backoff = Duration::from_millis(10);
+    while !stopped.load(Ordering::SeqCst) {
+        let (stream, remote) = match socket.accept() {
+            Ok(pair) => {
+                backoff = Duration::from_millis(10);
+                pair
+            }
+            Err(e) => {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                // EMFILE, ENOBUFS, ECONNABORTED…: none of them ends the listener.
+                log::warn!("accept failed: {e}; retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
+            let slot = Slot(open.clone());
+            refuse_busy(stream, &limits);
+            drop(slot);
+            continue;
+        }
+        let slot = Slot(open.clone());
+        let handler = handler.clone();
+        let spawned = std::thread::Builder::new()
+            .name(conn_name.to_string())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _slot = slot;
+                serve_connection(stream, remote, &*handler, &limits);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Over the connection limit: a short `503` written without blocking, then close.
+fn refuse_busy(stream: TcpStream, limits: &Limits) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = limits;
+    let reply = ApiError::Busy.reply();
+    let _ = write_reply(&stream, reply, HTTPVersion(1, 1), &[], false, true);
+}
+
+/// A reader that fails with `TimedOut` once `deadline` has passed, however slowly bytes trickle
+/// in: each read may wait only for the time that is left.
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match (&*self.stream).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::ErrorKind::TimedOut.into()),
+            other => other,
+        }
+    }
+}
+
+/// Why a request could not be read.
+enum ReadFail {
+    /// The connection closed or idled out before a request began: close quietly.
+    Quiet,
+    /// The request is bad: answer this error, then close.
+    Answer(ApiError),
+}
+
+fn serve_connection(stream: TcpStream, remote: SocketAddr, handler: &dyn Handler, limits: &Limits) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(limits.write_timeout));
+    let mut reader = BufReader::with_capacity(
+        4096,
+        DeadlineReader {
+            stream: &stream,
+            deadline: Instant::now() + limits.idle_timeout,
+        },
+    );
+    loop {
+        reader.get_mut().deadline = Instant::now() + limits.idle_timeout;
+        match read_request(&mut reader, limits, remote) {
+            Ok(req) => {
+                let reply = handler.handle(&req);
+                let close = req.wants_close();
+                let head_only = req.method == Method::Head;
+                let reusable =
+                    write_reply(&stream, reply, req.version.clone(), &req.headers, head_only, close);
+                if close || !matches!(reusable, Ok(true)) {
+                    return;
+                }
+            }
+            Err(ReadFail::Quiet) => return,
+            Err(ReadFail::Answer(err)) => {
+                let _ = write_reply(&stream, err.reply(), HTTPVersion(1, 1), &[], false, true);
+                // Let the client read the answer before the socket closes under it.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one line (through `\n`), failing past `budget` bytes.
+fn read_line(
+    reader: &mut impl BufRead,
+    budget: &mut usize,
+    line: &mut Vec<u8>,
+) -> Result<(), io::Error> {
+    line.clear();
+    let mut limited = reader.take(*budget as u64 + 1);
+    limited.read_until(b'\n', line)?;
+    if line.len() > *budget {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+    }
+    *budget -= line.len();
+    Ok(())
+}
+
+fn read_request(
+    reader: &mut BufReader<DeadlineReader<'_>>,
+    limits: &Limits,
+    remote: SocketAddr,
+) -> Result<Request, ReadFail> {
+    let io_fail = |e: io::Error, started: bool| match e.kind() {
+        io::ErrorKind::InvalidData => ReadFail::Answer(ApiError::HeadTooLarge),
+        io::ErrorKind::TimedOut if started => ReadFail::Answer(ApiError::RequestTimeout),
+        _ => ReadFail::Quiet,
+    };
+    // Wait for the first byte under the idle deadline, then give the request its own.
+    match reader.fill_buf() {
+        Ok([]) => return Err(ReadFail::Quiet),
+        Ok(_) => {}
+        Err(e) => return Err(io_fail(e, false)),
+    }
+    reader.get_mut().deadline = Instant::now() + limits.request_timeout;
+    let mut budget = limits.max_head_bytes;
+    let mut line = Vec::with_capacity(256);
+    // Tolerate blank lines before a request line (RFC 9112 §2.2).
+    loop {
+        read_line(reader, &mut budget, &mut line).map_err(|e| io_fail(e, true))?;
+        if line.is_empty() {
+            return Err(ReadFail::Quiet);
+        }
+        if line != b"\r\n" && line != b"\n" {
+            break;
+        }
+    }
+    let bad = |why: &str| ReadFail::Answer(ApiError::BadRequest(why.to_string()));
+    let request_line = std::str::from_utf8(trim_eol(&line)).map_err(|_| bad("request line is not text"))?;
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("malformed request line"));
+    };
+    let method: Method = method.parse().map_err(|_| bad("malformed method"))?;
+    let version = match version {
+        "HTTP/1.1" => HTTPVersion(1, 1),
+        "HTTP/1.0" => HTTPVersion(1, 0),
+        _ => return Err(ReadFail::Answer(ApiError::VersionNotSupported)),
+    };
+    if !target.starts_with('/') {
+        return Err(bad("request target must be a path"));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_string(), query.to_string());
+
+    let mut headers = Vec::new();
+    loop {
+        read_line(reader, &mut budget, &mut line).map_err(|e| io_fail(e, true))?;
+        if line.is_empty() {
+            return Err(ReadFail::Quiet);
+        }
+        let text = trim_eol(&line);
+        if text.is_empty() {
+            break;
+        }
+        if headers.len() == limits.max_headers {
+            return Err(ReadFail::Answer(ApiError::HeadTooLarge));
+        }
+        let Some(colon) = text.iter().position(|&b| b == b':') else {
+            return Err(bad("malformed header line"));
+        };
+        let (name, value) = (&text[..colon], trim_ows(&text[colon + 1..]));
+        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+            return Err(bad("malformed header name"));
+        }
+        let header = Header::from_bytes(name, value).map_err(|_| bad("header is not ASCII"))?;
+        headers.push(header);
+    }
+
+    let body = body_framing(&headers, limits)?;
+    discard_body(reader, body, limits)?;
+    Ok(Request {
+        method,
+        path,
+        query,
+        headers,
+        version,
+        remote: Some(remote),
+    })
+}
+
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// How the body is framed; conflicting or ambiguous framing is refused (request smuggling).
+fn body_framing(headers: &[Header], limits: &Limits) -> Result<Framing, ReadFail> {
+    let bad = |why: &str| ReadFail::Answer(ApiError::BadRequest(why.to_string()));
+    let mut length: Option<u64> = None;
+    for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        for part in h.value.as_str().split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) || part.len() > 19 {
+                return Err(bad("invalid Content-Length"));
+            }
+            let n: u64 = part.parse().map_err(|_| bad("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("conflicting Content-Length headers"));
+            }
+            length = Some(n);
+        }
+    }
+    let encodings: Vec<&Header> = headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"))
+        .collect();
+    if !encodings.is_empty() {
+        if length.is_some() {
+            return Err(bad("both Content-Length and Transfer-Encoding"));
+        }
+        let chunked_last = encodings.len() == 1
+            && encodings[0].value.as_str().trim().eq_ignore_ascii_case("chunked");
+        if !chunked_last {
+            return Err(bad("unsupported Transfer-Encoding"));
+        }
+        return Ok(Framing::Chunked);
+    }
+    match length {
+        Some(n) if n > limits.max_body_bytes => Err(ReadFail::Answer(ApiError::BodyTooLarge)),
+        Some(n) => Ok(Framing::Length(n)),
+        None => Ok(Framing::None),
+    }
+}
+
+/// Reads and drops the body: deployhook never uses one, but keep-alive needs it consumed.
+fn discard_body(
+    reader: &mut BufReader<DeadlineReader<'_>>,
+    framing: Framing,
+    limits: &Limits,
+) -> Result<(), ReadFail> {
+    let fail = |e: io::Error| match e.kind() {
+        io::ErrorKind::TimedOut => ReadFail::Answer(ApiError::RequestTimeout),
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+            ReadFail::Answer(ApiError::BadRequest("malformed chunked body".into()))
+        }
+        _ => ReadFail::Quiet,
+    };
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Length(n) => {
+            let copied = io::copy(&mut reader.take(n), &mut io::sink()).map_err(fail)?;
+            if copied < n {
+                return Err(ReadFail::Quiet);
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut decoder = chunked_transfer::Decoder::new(reader);
+            let copied = io::copy(
+                &mut (&mut decoder).take(limits.max_body_bytes + 1),
+                &mut io::sink(),
+            )
+            .map_err(fail)?;
+            if copied > limits.max_body_bytes {
+                return Err(ReadFail::Answer(ApiError::BodyTooLarge));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn trim_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Writes `reply`; a streamed body is sent chunked on HTTP/1.1 and raw on 1.0. Returns whether
+/// the connection may carry another request.
+fn write_reply(
+    stream: &TcpStream,
+    reply: Reply,
+    version: HTTPVersion,
+    request_headers: &[Header],
+    head_only: bool,
+    close: bool,
+) -> io::Result<bool> {
+    let Reply {
+        status,
+        mut headers,
+        body,
+    } = reply;
+    headers.push(("Server", format!("deployhook/{}", env!("CARGO_PKG_VERSION"))));
+    if close {
+        headers.push(("Connection", "close".to_string()));
+    }
+    let mut out = io::BufWriter::with_capacity(8192, stream);
+    match body {
+        ReplyBody::Bytes(bytes) => {
+            let len = bytes.len();
+            let mut response = tiny_http::Response::new(
+                tiny_http::StatusCode(status),
+                Vec::new(),
+                io::Cursor::new(bytes),
+                Some(len),
+                None,
+            );
+            for (name, value) in headers {
+                if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    response.add_header(h);
+                }
+            }
+            response.raw_print(&mut out, version, request_headers, head_only, None)?;
+            out.flush()?;
+            Ok(true)
+        }
+        ReplyBody::Stream(produce) => {
+            let chunked = version == HTTPVersion(1, 1);
+            write!(out, "HTTP/{} {} {}\r\n", version, status, tiny_http::StatusCode(status).default_reason_phrase())?;
+            for (name, value) in &headers {
+                write!(out, "{name}: {value}\r\n")?;
+            }
+            if chunked {
+                out.write_all(b"Transfer-Encoding: chunked\r\n")?;
+            } else if !close {
+                out.write_all(b"Connection: close\r\n")?;
+            }
+            out.write_all(b"\r\n")?;
+            out.flush()?;
+            if head_only {
+                return Ok(chunked);
+            }
+            let mut out = out.into_inner().map_err(|e| e.into_error())?;
+            if chunked {
+                let mut writer = ChunkedWriter(&mut out);
+                produce(&mut writer)?;
+                out.write_all(b"0\r\n\r\n")?;
+            } else {
+                produce(&mut out)?;
+            }
+            out.flush()?;
+            Ok(chunked)
+        }
+    }
+}
+
+/// Writes each `write` call as one HTTP chunk, sent at once (live logs).
+struct ChunkedWriter<'a, W: Write>(&'a mut W);
+
+impl<W: Write> Write for ChunkedWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        write!(self.0, "{:x}\r\n", buf.len())?;
+        self.0.write_all(buf)?;
+        self.0.write_all(b"\r\n")?;
+        self.0.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> Vec<Header> {
+        list.iter()
+            .map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap())
+            .collect()
+    }
+
+    fn framing(list: &[(&str, &str)]) -> Result<Framing, ReadFail> {
+        body_framing(&headers(list), &Limits::DEFAULT)
+    }
+
+    #[test]
+    fn conflicting_or_smuggling_framing_is_refused() {
+        assert!(matches!(framing(&[("Content-Length", "5")]), Ok(Framing::Length(5))));
+        assert!(matches!(framing(&[("Content-Length", "5"), ("content-length", "5")]), Ok(Framing::Length(5))));
+        for bad in [
+            vec![("Content-Length", "5"), ("Content-Length", "6")],
+            vec![("Content-Length", "5, 6")],
+            vec![("Content-Length", "-1")],
+            vec![("Content-Length", "+5")],
+            vec![("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+            vec![("Transfer-Encoding", "gzip, chunked")],
+        ] {
+            assert!(
+                matches!(framing(&bad), Err(ReadFail::Answer(ApiError::BadRequest(_)))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            framing(&[("Content-Length", "100000000000000")]),
+            Err(ReadFail::Answer(ApiError::BodyTooLarge))
+        ));
+        assert!(matches!(
+            framing(&[("Content-Length", "99999999999999999999999")]),
+            Err(ReadFail::Answer(ApiError::BadRequest(_)))
+        ));
+    }
+
+    #[test]
+    fn query_params_and_whitespace() {
+        let req = Request {
+            method: Method::Get,
+            path: "/jobs".into(),
+            query: "limit=5&state=READY&flag".into(),
+            headers: vec![],
+            version: HTTPVersion(1, 1),
+            remote: None,
+        };
+        assert_eq!(req.query_param("limit"), Some("5"));
+        assert_eq!(req.query_param("flag"), Some(""));
+        assert_eq!(req.query_param("nope"), None);
+        assert_eq!(trim_ows(b"  a b\t"), b"a b");
+        assert_eq!(trim_ows(b"   "), b"");
+    }
+}

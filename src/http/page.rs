@@ -1,0 +1,182 @@
+//! Server-rendered HTML for sysadmins: the dashboard of recent jobs and a page per job with its
+//! log. No JavaScript; every value that came from outside (hook names, branches, logs, errors)
+//! goes through [`escape`].
+
+use crate::journal::{JobRow, JobState};
+use std::fmt::Write as _;
+
+/// Jobs on the dashboard.
+pub const RECENT_JOBS: usize = 100;
+/// Log lines on a job page.
+pub const LOG_LINES: usize = 2000;
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Keeps printable ASCII only (for echoing a query parameter name in an error).
+pub fn ascii_only(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect()
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd}\
+th{background:#f4f4f4}code,pre{font-family:ui-monospace,monospace}\
+pre{background:#111;color:#eee;padding:1em;overflow-x:auto;white-space:pre-wrap}\
+.state{font-weight:600;padding:.1em .5em;border-radius:.3em;color:#fff}\
+.PENDING{background:#777}.BUILDING{background:#1565c0}.READY{background:#2e7d32}\
+.ERROR{background:#c62828}.CANCELED{background:#8d6e63}";
+
+fn head(title: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width\"><meta name=\"referrer\" content=\"no-referrer\">\
+<title>{}</title><style>{STYLE}</style></head><body>\n",
+        escape(title)
+    )
+}
+
+fn state_badge(state: JobState) -> String {
+    let s = state.as_str();
+    format!("<span class=\"state {s}\">{s}</span>")
+}
+
+/// UTC time of a Unix-millisecond timestamp, `YYYY-MM-DD HH:MM:SS`.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn seconds_between(from: Option<u64>, to: Option<u64>) -> String {
+    match (from, to) {
+        (Some(a), Some(b)) if b >= a => format!("{:.1} s", (b - a) as f64 / 1000.0),
+        _ => "–".to_string(),
+    }
+}
+
+fn short_commit(commit: Option<&str>) -> String {
+    commit.map_or_else(|| "–".to_string(), |c| escape(&c[..c.len().min(10)]))
+}
+
+pub fn dashboard(rows: &[JobRow], busy: u64, total: u64) -> String {
+    let mut html = head("deployhook");
+    let _ = write!(
+        html,
+        "<h1>deployhook</h1><p>Build threads busy: {busy} of {total}. \
+Showing the {} most recent jobs, newest first. Reload for fresh states.</p>\n\
+<table><thead><tr><th>Job</th><th>State</th><th>Hook</th><th>Project</th><th>Branch</th>\
+<th>Commit</th><th>Created (UTC)</th><th>Queued</th><th>Build</th></tr></thead><tbody>\n",
+        rows.len()
+    );
+    for row in rows {
+        let j = &row.job;
+        let build_end = j.finished_at;
+        let _ = writeln!(
+            html,
+            "<tr id=\"job-{id}\"><td><a href=\"/job/{id}\"><code>{id}</code></a></td><td>{state}</td>\
+<td>{hook}</td><td>{project}</td><td>{branch}</td><td><code>{commit}</code></td><td>{created}</td>\
+<td>{queued}</td><td>{build}</td></tr>",
+            id = escape(&j.id),
+            state = state_badge(j.state),
+            hook = escape(&row.hook_name),
+            project = escape(&j.project),
+            branch = escape(&j.branch),
+            commit = short_commit(j.commit.as_deref()),
+            created = utc(j.created_at),
+            queued = seconds_between(Some(j.created_at), j.started_at.or(j.finished_at)),
+            build = seconds_between(j.started_at, build_end),
+        );
+    }
+    if rows.is_empty() {
+        html.push_str("<tr><td colspan=\"9\">No jobs yet.</td></tr>\n");
+    }
+    html.push_str("</tbody></table>\n<p><a href=\"/status\">/status</a> · <a href=\"/jobs\">/jobs</a> · \
+<a href=\"/hooks\">/hooks</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n");
+    html
+}
+
+pub fn job(row: &JobRow, log: &str) -> String {
+    let j = &row.job;
+    let mut html = head(&format!("job {}", j.id));
+    let opt = |v: Option<&str>| v.map_or_else(|| "–".to_string(), escape);
+    let time = |v: Option<u64>| v.map_or_else(|| "–".to_string(), utc);
+    let _ = write!(
+        html,
+        "<p><a href=\"/\">← all jobs</a></p><h1>Job <code>{id}</code> {state}</h1>\n<table>\
+<tr><th>Hook</th><td>{hook} (<code>{hook_id}</code>)</td></tr>\
+<tr><th>Project</th><td>{project}</td></tr><tr><th>Branch</th><td>{branch}</td></tr>\
+<tr><th>Commit</th><td><code>{commit}</code></td></tr>\
+<tr><th>Created (UTC)</th><td>{created}</td></tr><tr><th>Started</th><td>{started}</td></tr>\
+<tr><th>Finished</th><td>{finished}</td></tr><tr><th>Exit code</th><td>{exit}</td></tr>\
+<tr><th>Error</th><td>{error}</td></tr><tr><th>Canceled by</th><td>{canceled}</td></tr>\
+</table>\n<h2>Log</h2><p>Last {LOG_LINES} lines; live: <code>curl -N …/jobs/{id}/log?follow=1</code>, \
+raw: <a href=\"/jobs/{id}/log\">/jobs/{id}/log</a></p>\n<pre>{log}</pre></body></html>\n",
+        id = escape(&j.id),
+        state = state_badge(j.state),
+        hook = escape(&row.hook_name),
+        hook_id = escape(&j.hook_id),
+        project = escape(&j.project),
+        branch = escape(&j.branch),
+        commit = opt(j.commit.as_deref()),
+        created = utc(j.created_at),
+        started = time(j.started_at),
+        finished = time(j.finished_at),
+        exit = j.exit_code.map_or_else(|| "–".to_string(), |c| c.to_string()),
+        error = opt(j.error.as_deref()),
+        canceled = opt(j.canceled_by.as_deref()),
+        log = escape(log),
+    );
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_564_399_503_217), "2019-07-29 11:25:03");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}

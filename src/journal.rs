@@ -1,0 +1,1005 @@
+//! The journal: the single source of truth, kept in one redb file. This is the only module that
+//! knows redb exists.
+//!
+//! Threads: one writer thread ([`Writer::run`]) owns every write. Request threads and build
+//! threads [`Journal::submit`] an [`Op`] and wait for its [`Outcome`]; the writer takes every op
+//! waiting in its channel, applies them all in one write transaction and commits once with
+//! immediate durability (group commit: one fsync per batch), then answers each waiter and
+//! hands the committed outcomes to a callback (the scheduler). Readers use read transactions
+//! and never block the writer.
+//!
+//! Invariants kept by the writer:
+//! - A job's state only moves forward: PENDING -> BUILDING -> READY | ERROR | CANCELED, with one
+//!   exception, [`Op::Requeue`] (BUILDING -> PENDING at shutdown). Terminal states never change.
+//! - A hook has at most one open (PENDING or BUILDING) job: a trigger cancels the previous one
+//!   in the same transaction that creates the new job ("newest wins"). `OPEN_BY_HOOK` holds it,
+//!   so start-up reads only open jobs, whatever the history.
+//! - Every job is indexed by sequence number, by hook and by project, so listings are range
+//!   scans.
+
+use crate::secret::SecretHash;
+use crossbeam_channel::{Receiver, Sender};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+const HOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("hooks");
+const HOOK_SECRETS: TableDefinition<&[u8], &str> = TableDefinition::new("hook_secrets");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const JOBS_BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("jobs_by_seq");
+const JOBS_BY_HOOK: TableDefinition<(&str, u64), &str> = TableDefinition::new("jobs_by_hook");
+const JOBS_BY_PROJECT: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("jobs_by_project");
+const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::new("open_by_hook");
+/// Per-hook number of stored jobs, for retention.
+const HOOK_JOB_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("hook_job_counts");
+/// `seq` (last sequence number) and `state.<STATE>` (jobs per state).
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// Most ops one commit takes; more wait for the next commit.
+const MAX_BATCH: usize = 4096;
+/// Most jobs one prune op removes, so retention never makes one huge transaction.
+const MAX_PRUNE_PER_OP: usize = 2000;
+/// Most index entries one listing scans when a filter skips rows.
+const MAX_LIST_SCAN: usize = 20_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Pending,
+    Building,
+    Ready,
+    Error,
+    Canceled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Pending,
+        JobState::Building,
+        JobState::Ready,
+        JobState::Error,
+        JobState::Canceled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Ready | JobState::Error | JobState::Canceled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "PENDING",
+            JobState::Building => "BUILDING",
+            JobState::Ready => "READY",
+            JobState::Error => "ERROR",
+            JobState::Canceled => "CANCELED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    fn counter_key(self) -> &'static str {
+        match self {
+            JobState::Pending => "state.PENDING",
+            JobState::Building => "state.BUILDING",
+            JobState::Ready => "state.READY",
+            JobState::Error => "state.ERROR",
+            JobState::Canceled => "state.CANCELED",
+        }
+    }
+}
+
+/// A job as the API shows it: every key always present, `null` until known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: String,
+    pub hook_id: String,
+    pub project: String,
+    pub branch: String,
+    pub state: JobState,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    pub commit: Option<String>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub canceled_by: Option<String>,
+}
+
+/// A stored job: the API record plus what only deployhook needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRow {
+    pub seq: u64,
+    pub hook_name: String,
+    /// How many times a build was started (more than one after an interruption).
+    pub attempts: u32,
+    #[serde(flatten)]
+    pub job: Job,
+}
+
+/// A hook as the API shows it; the secret is never part of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hook {
+    pub id: String,
+    pub name: String,
+    pub project: String,
+    pub branch: String,
+    pub created_at: u64,
+    pub last_triggered_at: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HookRow {
+    secret_sha256: String,
+    #[serde(flatten)]
+    hook: Hook,
+}
+
+/// A change to the journal, applied by the writer thread.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Create a PENDING job for the hook with this secret, if it exists and belongs to
+    /// `project`; cancel the hook's previous open job.
+    Trigger {
+        secret: SecretHash,
+        project: String,
+        job_id: String,
+        now: u64,
+    },
+    CreateHook {
+        hook: Hook,
+        secret: SecretHash,
+    },
+    RevokeHook {
+        id: String,
+    },
+    /// PENDING -> BUILDING.
+    Start {
+        job_id: String,
+        now: u64,
+    },
+    SetCommit {
+        job_id: String,
+        commit: String,
+    },
+    /// BUILDING -> a terminal state.
+    Finish {
+        job_id: String,
+        state: JobState,
+        exit_code: Option<i32>,
+        error: Option<String>,
+        now: u64,
+    },
+    /// BUILDING -> PENDING: the build was stopped by a shutdown and starts over later.
+    Requeue {
+        job_id: String,
+    },
+    /// Remove the oldest finished jobs of every hook that has more than `keep`.
+    Prune {
+        keep: usize,
+    },
+}
+
+/// What an op did, once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Triggered {
+        row: JobRow,
+        /// The open job this trigger canceled, and whether it was building.
+        superseded: Option<(String, JobState)>,
+    },
+    HookCreated,
+    HookRevoked,
+    Started(JobRow),
+    Finished(JobRow),
+    Requeued,
+    Pruned(Vec<String>),
+    /// The hook, job or secret does not exist (or does not match).
+    NotFound,
+    /// The job is in a state the op does not apply to (e.g. canceled before it started).
+    NotApplicable,
+}
+
+/// The journal cannot take writes (disk full, I/O error, the writer is gone) or could not be
+/// read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalError(pub String);
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "journal unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for JournalError {}
+
+impl From<redb::Error> for JournalError {
+    fn from(e: redb::Error) -> Self {
+        JournalError(e.to_string())
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for JournalError {
+            fn from(e: $t) -> Self { JournalError::from(redb::Error::from(e)) }
+        }
+    )*};
+}
+from_redb!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+impl From<serde_json::Error> for JournalError {
+    fn from(e: serde_json::Error) -> Self {
+        JournalError(format!("corrupt record: {e}"))
+    }
+}
+
+type Reply = Sender<Result<Outcome, JournalError>>;
+
+struct Pending {
+    op: Op,
+    reply: Option<Reply>,
+}
+
+/// Figures the writer reports after each commit.
+pub struct CommitStats {
+    pub ops: usize,
+    pub seconds: f64,
+    pub ok: bool,
+}
+
+/// The shared handle: submit ops to the writer, read with read transactions.
+#[derive(Clone)]
+pub struct Journal {
+    db: Arc<Database>,
+    path: PathBuf,
+    tx: Sender<Pending>,
+}
+
+/// The writer side, to be run on its own thread.
+pub struct Writer {
+    db: Arc<Database>,
+    rx: Receiver<Pending>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal file and makes sure every table exists.
+    pub fn open(path: &Path) -> Result<(Journal, Writer), JournalError> {
+        let db = Arc::new(Database::create(path)?);
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(HOOKS)?;
+            txn.open_table(HOOK_SECRETS)?;
+            txn.open_table(JOBS)?;
+            txn.open_table(JOBS_BY_SEQ)?;
+            txn.open_table(JOBS_BY_HOOK)?;
+            txn.open_table(JOBS_BY_PROJECT)?;
+            txn.open_table(OPEN_BY_HOOK)?;
+            txn.open_table(HOOK_JOB_COUNTS)?;
+            txn.open_table(COUNTERS)?;
+        }
+        txn.commit()?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Ok((
+            Journal {
+                db: db.clone(),
+                path: path.to_path_buf(),
+                tx,
+            },
+            Writer { db, rx },
+        ))
+    }
+
+    /// Sends `op` to the writer and waits until it is committed (or failed).
+    pub fn submit(&self, op: Op) -> Result<Outcome, JournalError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Pending {
+                op,
+                reply: Some(reply),
+            })
+            .map_err(|_| JournalError("the journal writer has stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| JournalError("the journal writer has stopped".into()))?
+    }
+
+    /// Sends `op` without waiting; its outcome still reaches the commit callback.
+    pub fn submit_detached(&self, op: Op) {
+        let _ = self.tx.send(Pending { op, reply: None });
+    }
+
+    /// Size of the journal file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn read(&self) -> Result<ReadTransaction, JournalError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Whether a hook with this secret exists and belongs to `project` (a lock-free pre-check
+    /// that keeps guessed secrets away from the writer).
+    pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> Result<bool, JournalError> {
+        let txn = self.read()?;
+        let secrets = txn.open_table(HOOK_SECRETS)?;
+        let Some(id) = secrets.get(&secret[..])? else {
+            return Ok(false);
+        };
+        let hooks = txn.open_table(HOOKS)?;
+        let Some(raw) = hooks.get(id.value())? else {
+            return Ok(false);
+        };
+        let row: HookRow = serde_json::from_slice(raw.value())?;
+        Ok(row.hook.project == project)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
+        let txn = self.read()?;
+        let jobs = txn.open_table(JOBS)?;
+        Ok(match jobs.get(id)? {
+            Some(raw) => Some(serde_json::from_slice(raw.value())?),
+            None => None,
+        })
+    }
+
+    pub fn hooks(&self) -> Result<Vec<Hook>, JournalError> {
+        let txn = self.read()?;
+        let hooks = txn.open_table(HOOKS)?;
+        let mut out = Vec::new();
+        for entry in hooks.iter()? {
+            let (_, raw) = entry?;
+            let row: HookRow = serde_json::from_slice(raw.value())?;
+            out.push(row.hook);
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Every open job, oldest first: what the scheduler rebuilds its queue from at start-up.
+    pub fn open_jobs(&self) -> Result<Vec<JobRow>, JournalError> {
+        let txn = self.read()?;
+        let open = txn.open_table(OPEN_BY_HOOK)?;
+        let jobs = txn.open_table(JOBS)?;
+        let mut out = Vec::new();
+        for entry in open.iter()? {
+            let (_, job_id) = entry?;
+            if let Some(raw) = jobs.get(job_id.value())? {
+                out.push(serde_json::from_slice::<JobRow>(raw.value())?);
+            }
+        }
+        out.sort_by_key(|r| r.seq);
+        Ok(out)
+    }
+
+    /// Number of jobs per state.
+    pub fn state_counts(&self) -> Result<Vec<(JobState, u64)>, JournalError> {
+        let txn = self.read()?;
+        let counters = txn.open_table(COUNTERS)?;
+        JobState::ALL
+            .into_iter()
+            .map(|s| Ok((s, counters.get(s.counter_key())?.map_or(0, |v| v.value()))))
+            .collect()
+    }
+
+    /// Jobs newest first, filtered, from the index that fits the filter best. Returns the rows
+    /// and the cursor to pass as `before` for the next page, if there may be one.
+    pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobRow>, Option<u64>), JournalError> {
+        let txn = self.read()?;
+        let jobs = txn.open_table(JOBS)?;
+        let before = filter.before.unwrap_or(u64::MAX);
+        let mut rows = Vec::new();
+        let mut scanned = 0usize;
+        let mut last_seq = None;
+        let mut exhausted = true;
+        let mut visit = |seq: u64, id: &str| -> Result<bool, JournalError> {
+            scanned += 1;
+            last_seq = Some(seq);
+            if let Some(raw) = jobs.get(id)? {
+                let row: JobRow = serde_json::from_slice(raw.value())?;
+                if filter.matches(&row) {
+                    rows.push(row);
+                }
+            }
+            Ok(rows.len() < filter.limit && scanned < MAX_LIST_SCAN)
+        };
+        if let Some(hook) = &filter.hook {
+            let index = txn.open_table(JOBS_BY_HOOK)?;
+            for entry in index.range((hook.as_str(), 0)..(hook.as_str(), before))?.rev() {
+                let (key, id) = entry?;
+                if !visit(key.value().1, id.value())? {
+                    exhausted = false;
+                    break;
+                }
+            }
+        } else if let Some(project) = &filter.project {
+            let index = txn.open_table(JOBS_BY_PROJECT)?;
+            for entry in index.range((project.as_str(), 0)..(project.as_str(), before))?.rev() {
+                let (key, id) = entry?;
+                if !visit(key.value().1, id.value())? {
+                    exhausted = false;
+                    break;
+                }
+            }
+        } else {
+            let index = txn.open_table(JOBS_BY_SEQ)?;
+            for entry in index.range(0..before)?.rev() {
+                let (seq, id) = entry?;
+                if !visit(seq.value(), id.value())? {
+                    exhausted = false;
+                    break;
+                }
+            }
+        }
+        let next = if exhausted { None } else { last_seq };
+        Ok((rows, next))
+    }
+}
+
+/// A listing request; `limit` is already validated.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub hook: Option<String>,
+    pub project: Option<String>,
+    pub state: Option<JobState>,
+    pub limit: usize,
+    /// Only jobs with a smaller sequence number (the cursor of the previous page).
+    pub before: Option<u64>,
+}
+
+impl JobFilter {
+    fn matches(&self, row: &JobRow) -> bool {
+        self.hook.as_ref().is_none_or(|h| *h == row.job.hook_id)
+            && self.project.as_ref().is_none_or(|p| *p == row.job.project)
+            && self.state.is_none_or(|s| s == row.job.state)
+    }
+}
+
+impl Writer {
+    /// Runs until every [`Journal`] handle is dropped. `on_commit` sees every committed outcome,
+    /// in commit order; `on_stats` sees each commit's figures.
+    pub fn run(self, mut on_commit: impl FnMut(&Outcome), mut on_stats: impl FnMut(CommitStats)) {
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let result = self.commit_batch(&batch);
+            on_stats(CommitStats {
+                ops: batch.len(),
+                seconds: started.elapsed().as_secs_f64(),
+                ok: result.is_ok(),
+            });
+            match result {
+                Ok(outcomes) => {
+                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                        on_commit(&outcome);
+                        if let Some(reply) = pending.reply {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                }
+                Err(err) => {
+                    log::error!("journal commit failed, {} ops refused: {err}", batch.len());
+                    for pending in batch {
+                        if let Some(reply) = pending.reply {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit_batch(&self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
+        let txn = self.db.begin_write()?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut tables = Tables::open(&txn)?;
+            for pending in batch {
+                outcomes.push(tables.apply(&pending.op)?);
+            }
+        }
+        let changed = outcomes
+            .iter()
+            .any(|o| !matches!(o, Outcome::NotFound | Outcome::NotApplicable));
+        if changed {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Every table, opened once per write transaction.
+struct Tables<'t> {
+    hooks: Table<'t, &'static str, &'static [u8]>,
+    secrets: Table<'t, &'static [u8], &'static str>,
+    jobs: Table<'t, &'static str, &'static [u8]>,
+    by_seq: Table<'t, u64, &'static str>,
+    by_hook: Table<'t, (&'static str, u64), &'static str>,
+    by_project: Table<'t, (&'static str, u64), &'static str>,
+    open: Table<'t, &'static str, &'static str>,
+    hook_counts: Table<'t, &'static str, u64>,
+    counters: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, JournalError> {
+        Ok(Tables {
+            hooks: txn.open_table(HOOKS)?,
+            secrets: txn.open_table(HOOK_SECRETS)?,
+            jobs: txn.open_table(JOBS)?,
+            by_seq: txn.open_table(JOBS_BY_SEQ)?,
+            by_hook: txn.open_table(JOBS_BY_HOOK)?,
+            by_project: txn.open_table(JOBS_BY_PROJECT)?,
+            open: txn.open_table(OPEN_BY_HOOK)?,
+            hook_counts: txn.open_table(HOOK_JOB_COUNTS)?,
+            counters: txn.open_table(COUNTERS)?,
+        })
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<Outcome, JournalError> {
+        match op {
+            Op::Trigger {
+                secret,
+                project,
+                job_id,
+                now,
+            } => self.trigger(secret, project, job_id, *now),
+            Op::CreateHook { hook, secret } => self.create_hook(hook, secret),
+            Op::RevokeHook { id } => self.revoke_hook(id),
+            Op::Start { job_id, now } => self.update_job(job_id, |row| {
+                if row.job.state != JobState::Pending {
+                    return None;
+                }
+                row.job.state = JobState::Building;
+                row.job.started_at = Some(*now);
+                row.job.commit = None;
+                row.attempts += 1;
+                Some(Outcome::Started(row.clone()))
+            }),
+            Op::SetCommit { job_id, commit } => self.update_job(job_id, |row| {
+                if row.job.state != JobState::Building {
+                    return None;
+                }
+                row.job.commit = Some(commit.clone());
+                Some(Outcome::Started(row.clone()))
+            }),
+            Op::Finish {
+                job_id,
+                state,
+                exit_code,
+                error,
+                now,
+            } => self.update_job(job_id, |row| {
+                if row.job.state != JobState::Building || !state.is_terminal() {
+                    return None;
+                }
+                row.job.state = *state;
+                row.job.exit_code = *exit_code;
+                row.job.error = error.clone();
+                row.job.finished_at = Some(*now);
+                Some(Outcome::Finished(row.clone()))
+            }),
+            Op::Requeue { job_id } => self.update_job(job_id, |row| {
+                if row.job.state != JobState::Building {
+                    return None;
+                }
+                row.job.state = JobState::Pending;
+                row.job.started_at = None;
+                row.job.commit = None;
+                Some(Outcome::Requeued)
+            }),
+            Op::Prune { keep } => self.prune(*keep),
+        }
+    }
+
+    fn get_job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
+        Ok(match self.jobs.get(id)? {
+            Some(raw) => Some(serde_json::from_slice(raw.value())?),
+            None => None,
+        })
+    }
+
+    fn put_job(&mut self, row: &JobRow) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(row)?;
+        self.jobs.insert(row.job.id.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    fn bump(&mut self, key: &str, delta: i64) -> Result<u64, JournalError> {
+        let old = self.counters.get(key)?.map_or(0, |v| v.value());
+        let new = old.saturating_add_signed(delta);
+        self.counters.insert(key, new)?;
+        Ok(new)
+    }
+
+    /// Records a state change in the per-state counters and the open-job index.
+    fn account(&mut self, row: &JobRow, from: Option<JobState>) -> Result<(), JournalError> {
+        let to = row.job.state;
+        if from == Some(to) {
+            return Ok(());
+        }
+        if let Some(from) = from {
+            self.bump(from.counter_key(), -1)?;
+        }
+        self.bump(to.counter_key(), 1)?;
+        if to.is_terminal() {
+            let is_open_one = self
+                .open
+                .get(row.job.hook_id.as_str())?
+                .is_some_and(|v| v.value() == row.job.id);
+            if is_open_one {
+                self.open.remove(row.job.hook_id.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to a stored job; `None` from it means "not applicable".
+    fn update_job(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut JobRow) -> Option<Outcome>,
+    ) -> Result<Outcome, JournalError> {
+        let Some(mut row) = self.get_job(id)? else {
+            return Ok(Outcome::NotFound);
+        };
+        let from = row.job.state;
+        let Some(outcome) = change(&mut row) else {
+            return Ok(Outcome::NotApplicable);
+        };
+        self.put_job(&row)?;
+        self.account(&row, Some(from))?;
+        Ok(outcome)
+    }
+
+    fn hook_by_secret(&self, secret: &SecretHash) -> Result<Option<HookRow>, JournalError> {
+        let Some(id) = self.secrets.get(&secret[..])? else {
+            return Ok(None);
+        };
+        Ok(match self.hooks.get(id.value())? {
+            Some(raw) => Some(serde_json::from_slice(raw.value())?),
+            None => None,
+        })
+    }
+
+    fn trigger(
+        &mut self,
+        secret: &SecretHash,
+        project: &str,
+        job_id: &str,
+        now: u64,
+    ) -> Result<Outcome, JournalError> {
+        let Some(mut hook_row) = self.hook_by_secret(secret)? else {
+            return Ok(Outcome::NotFound);
+        };
+        if hook_row.hook.project != project {
+            return Ok(Outcome::NotFound);
+        }
+        let hook_id = hook_row.hook.id.clone();
+        // Newest wins: the hook's open job, if any, is canceled by this one.
+        let previous = self.open.get(hook_id.as_str())?.map(|v| v.value().to_string());
+        let mut superseded = None;
+        if let Some(prev_id) = previous {
+            if let Some(mut prev) = self.get_job(&prev_id)? {
+                let from = prev.job.state;
+                if !from.is_terminal() {
+                    prev.job.state = JobState::Canceled;
+                    prev.job.canceled_by = Some(job_id.to_string());
+                    prev.job.finished_at = Some(now);
+                    self.put_job(&prev)?;
+                    self.account(&prev, Some(from))?;
+                    superseded = Some((prev_id, from));
+                }
+            }
+        }
+        let seq = self.bump("seq", 1)?;
+        let row = JobRow {
+            seq,
+            hook_name: hook_row.hook.name.clone(),
+            attempts: 0,
+            job: Job {
+                id: job_id.to_string(),
+                hook_id: hook_id.clone(),
+                project: project.to_string(),
+                branch: hook_row.hook.branch.clone(),
+                state: JobState::Pending,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+                commit: None,
+                exit_code: None,
+                error: None,
+                canceled_by: None,
+            },
+        };
+        self.put_job(&row)?;
+        self.account(&row, None)?;
+        self.by_seq.insert(seq, job_id)?;
+        self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
+        self.by_project.insert((project, seq), job_id)?;
+        self.open.insert(hook_id.as_str(), job_id)?;
+        let count = self.hook_counts.get(hook_id.as_str())?.map_or(0, |v| v.value());
+        self.hook_counts.insert(hook_id.as_str(), count + 1)?;
+        hook_row.hook.last_triggered_at = Some(now);
+        let bytes = serde_json::to_vec(&hook_row)?;
+        self.hooks.insert(hook_id.as_str(), bytes.as_slice())?;
+        Ok(Outcome::Triggered { row, superseded })
+    }
+
+    fn create_hook(&mut self, hook: &Hook, secret: &SecretHash) -> Result<Outcome, JournalError> {
+        let row = HookRow {
+            secret_sha256: hex(secret),
+            hook: hook.clone(),
+        };
+        let bytes = serde_json::to_vec(&row)?;
+        self.hooks.insert(hook.id.as_str(), bytes.as_slice())?;
+        self.secrets.insert(&secret[..], hook.id.as_str())?;
+        Ok(Outcome::HookCreated)
+    }
+
+    fn revoke_hook(&mut self, id: &str) -> Result<Outcome, JournalError> {
+        let Some(raw) = self.hooks.remove(id)? else {
+            return Ok(Outcome::NotFound);
+        };
+        let row: HookRow = serde_json::from_slice(raw.value())?;
+        drop(raw);
+        if let Some(secret) = unhex(&row.secret_sha256) {
+            self.secrets.remove(&secret[..])?;
+        }
+        Ok(Outcome::HookRevoked)
+    }
+
+    fn prune(&mut self, keep: usize) -> Result<Outcome, JournalError> {
+        let mut over: Vec<(String, u64)> = Vec::new();
+        for entry in self.hook_counts.iter()? {
+            let (hook, count) = entry?;
+            if count.value() > keep as u64 {
+                over.push((hook.value().to_string(), count.value()));
+            }
+        }
+        let mut removed = Vec::new();
+        for (hook, count) in over {
+            let excess = (count - keep as u64) as usize;
+            let budget = excess.min(MAX_PRUNE_PER_OP - removed.len().min(MAX_PRUNE_PER_OP));
+            let mut victims = Vec::new();
+            for entry in self.by_hook.range((hook.as_str(), 0)..=(hook.as_str(), u64::MAX))? {
+                if victims.len() == budget {
+                    break;
+                }
+                let (key, id) = entry?;
+                victims.push((key.value().1, id.value().to_string()));
+            }
+            let mut gone = 0u64;
+            for (seq, id) in victims {
+                let Some(row) = self.get_job(&id)? else {
+                    continue;
+                };
+                if !row.job.state.is_terminal() {
+                    continue;
+                }
+                self.jobs.remove(id.as_str())?;
+                self.by_seq.remove(seq)?;
+                self.by_hook.remove((hook.as_str(), seq))?;
+                self.by_project.remove((row.job.project.as_str(), seq))?;
+                self.bump(row.job.state.counter_key(), -1)?;
+                gone += 1;
+                removed.push(id);
+            }
+            self.hook_counts.insert(hook.as_str(), count - gone)?;
+            if removed.len() >= MAX_PRUNE_PER_OP {
+                break;
+            }
+        }
+        if removed.is_empty() {
+            Ok(Outcome::NotApplicable)
+        } else {
+            Ok(Outcome::Pruned(removed))
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<SecretHash> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::hash_secret;
+
+    fn journal() -> (tempdir::Dir, Journal) {
+        let dir = tempdir::Dir::new();
+        let (journal, writer) = Journal::open(&dir.path().join("j.redb")).unwrap();
+        std::thread::spawn(move || writer.run(|_| {}, |_| {}));
+        (dir, journal)
+    }
+
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "deployhook-journal-{}-{}",
+                    std::process::id(),
+                    crate::secret::random_base62(8).unwrap()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn hook(j: &Journal, id: &str, secret: &str) {
+        let hook = Hook {
+            id: id.into(),
+            name: "n".into(),
+            project: "site".into(),
+            branch: "main".into(),
+            created_at: 1,
+            last_triggered_at: None,
+        };
+        let out = j
+            .submit(Op::CreateHook {
+                hook,
+                secret: hash_secret(secret),
+            })
+            .unwrap();
+        assert_eq!(out, Outcome::HookCreated);
+    }
+
+    fn trigger(j: &Journal, secret: &str, job: &str) -> Outcome {
+        j.submit(Op::Trigger {
+            secret: hash_secret(secret),
+            project: "site".into(),
+            job_id: job.into(),
+            now: 5,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn newest_trigger_cancels_the_open_job() {
+        let (_d, j) = journal();
+        hook(&j, "hook_a", "s1");
+        assert!(matches!(trigger(&j, "s1", "J1"), Outcome::Triggered { superseded: None, .. }));
+        let Outcome::Triggered { superseded, .. } = trigger(&j, "s1", "J2") else {
+            panic!()
+        };
+        assert_eq!(superseded, Some(("J1".into(), JobState::Pending)));
+        let j1 = j.job("J1").unwrap().unwrap();
+        assert_eq!(j1.job.state, JobState::Canceled);
+        assert_eq!(j1.job.canceled_by.as_deref(), Some("J2"));
+        let open: Vec<String> = j.open_jobs().unwrap().into_iter().map(|r| r.job.id).collect();
+        assert_eq!(open, vec!["J2".to_string()]);
+        // Terminal states never change.
+        let out = j
+            .submit(Op::Finish {
+                job_id: "J1".into(),
+                state: JobState::Ready,
+                exit_code: Some(0),
+                error: None,
+                now: 9,
+            })
+            .unwrap();
+        assert_eq!(out, Outcome::NotApplicable);
+    }
+
+    #[test]
+    fn wrong_project_and_revoked_secret_are_not_found() {
+        let (_d, j) = journal();
+        hook(&j, "hook_a", "s1");
+        let out = j
+            .submit(Op::Trigger {
+                secret: hash_secret("s1"),
+                project: "other".into(),
+                job_id: "J1".into(),
+                now: 1,
+            })
+            .unwrap();
+        assert_eq!(out, Outcome::NotFound);
+        assert!(j.secret_matches(&hash_secret("s1"), "site").unwrap());
+        assert_eq!(j.submit(Op::RevokeHook { id: "hook_a".into() }).unwrap(), Outcome::HookRevoked);
+        assert_eq!(trigger(&j, "s1", "J2"), Outcome::NotFound);
+        assert!(!j.secret_matches(&hash_secret("s1"), "site").unwrap());
+        assert_eq!(j.submit(Op::RevokeHook { id: "hook_a".into() }).unwrap(), Outcome::NotFound);
+    }
+
+    #[test]
+    fn listing_pages_newest_first_and_prune_keeps_the_newest() {
+        let (_d, j) = journal();
+        hook(&j, "hook_a", "s1");
+        for i in 0..10 {
+            trigger(&j, "s1", &format!("J{i:02}"));
+        }
+        let filter = JobFilter {
+            hook: Some("hook_a".into()),
+            limit: 4,
+            ..Default::default()
+        };
+        let (page, next) = j.list_jobs(&filter).unwrap();
+        let ids: Vec<_> = page.iter().map(|r| r.job.id.as_str()).collect();
+        assert_eq!(ids, ["J09", "J08", "J07", "J06"]);
+        let (page2, _) = j
+            .list_jobs(&JobFilter {
+                before: next,
+                ..filter.clone()
+            })
+            .unwrap();
+        assert_eq!(page2[0].job.id, "J05");
+        let counts = j.state_counts().unwrap();
+        assert_eq!(counts[0], (JobState::Pending, 1));
+        assert_eq!(counts[4], (JobState::Canceled, 9));
+
+        let Outcome::Pruned(gone) = j.submit(Op::Prune { keep: 3 }).unwrap() else {
+            panic!()
+        };
+        assert_eq!(gone.len(), 7);
+        let (all, next) = j
+            .list_jobs(&JobFilter {
+                limit: 50,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = all.iter().map(|r| r.job.id.as_str()).collect();
+        assert_eq!(ids, ["J09", "J08", "J07"]);
+        assert_eq!(next, None);
+        assert_eq!(j.state_counts().unwrap()[4], (JobState::Canceled, 2));
+    }
+
+    #[test]
+    fn secrets_are_stored_only_as_hashes() {
+        let (d, j) = journal();
+        let secret = "Zq3Xv9Lm2Pp0Rr7Tt5Uu1Ww8Yy4Aa6Bb";
+        hook(&j, "hook_a", secret);
+        drop(j);
+        let bytes = std::fs::read(d.path().join("j.redb")).unwrap();
+        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found);
+        assert_eq!(unhex(&hex(&hash_secret(secret))), Some(hash_secret(secret)));
+    }
+}

@@ -1,0 +1,61 @@
+//! Log output: one event per line on stderr, filtered by `RUST_LOG` (default `info`).
+//!
+//! Under systemd (stderr is the journal stream named by `$JOURNAL_STREAM`) a line carries a
+//! syslog priority prefix (`<3>` error … `<7>` debug) and no timestamp, since journald adds its
+//! own; `journalctl -p err` then finds errors. Elsewhere a line starts with a UTC timestamp.
+
+use log::Level;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+
+pub fn init() {
+    let journald = stderr_is_journal();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(move |buf, record| {
+            if journald {
+                writeln!(buf, "<{}>{}", priority(record.level()), record.args())
+            } else {
+                let ts = buf.timestamp_seconds();
+                writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
+            }
+        })
+        .init();
+}
+
+/// The syslog priority of a log level.
+pub fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Whether stderr is the stream systemd connected to the journal: `$JOURNAL_STREAM` is
+/// `DEVICE:INODE` of it (a redirected stderr keeps the variable but not the identity).
+fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_follow_syslog() {
+        assert_eq!(priority(Level::Error), 3);
+        assert_eq!(priority(Level::Warn), 4);
+        assert_eq!(priority(Level::Info), 6);
+        assert_eq!(priority(Level::Debug), 7);
+    }
+}

@@ -1,0 +1,72 @@
+//! systemd's notification protocol without a library: one datagram per state change to the
+//! socket named by `$NOTIFY_SOCKET` (a path, or an abstract name written with a leading `@`).
+//! Outside systemd the variable is unset and every call does nothing.
+
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+pub const ENV_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Sends one notification (`READY=1`, `WATCHDOG=1`, …) if systemd asked for them.
+pub fn send(state: &str) -> io::Result<bool> {
+    let Some(target) = std::env::var_os(ENV_SOCKET) else {
+        return Ok(false);
+    };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
+        None if target.starts_with('/') => SocketAddr::from_pathname(&target)?,
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unsupported {ENV_SOCKET} `{target}`"),
+            ))
+        }
+    };
+    let socket = UnixDatagram::unbound()?;
+    socket.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(true)
+}
+
+fn send_logged(state: &str) {
+    if let Err(e) = send(state) {
+        log::warn!("cannot notify systemd ({state}): {e}");
+    }
+}
+
+pub fn ready() {
+    send_logged("READY=1\nSTATUS=accepting triggers");
+}
+
+pub fn stopping() {
+    send_logged("STOPPING=1\nSTATUS=stopping builds");
+}
+
+pub fn reloading() {
+    let now = monotonic_usec();
+    send_logged(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+}
+
+#[allow(dead_code)] // used by the watchdog thread (systemd issue)
+pub fn watchdog() {
+    send_logged("WATCHDOG=1");
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd expects with RELOADING=1.
+fn monotonic_usec() -> u64 {
+    crate::sys::monotonic_usec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_socket_is_a_no_op() {
+        // The test runner is not started by systemd.
+        if std::env::var_os(ENV_SOCKET).is_none() {
+            assert!(!send("READY=1").unwrap());
+        }
+    }
+}

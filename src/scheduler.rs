@@ -1,0 +1,243 @@
+//! The scheduler: which job runs next, on which build thread, and which build must stop.
+//!
+//! [`Plan`] is the pure rule book (no threads, no I/O), so it can be checked step by step
+//! against a model: jobs run in the order they were queued, at most one build per project,
+//! at most `workers` builds at once, and a job superseded by a newer trigger of its hook is
+//! dropped from the queue or, when it is building, stopped.
+//!
+//! The scheduler thread ([`run`]) owns the plan and all in-memory job state. It learns about
+//! new and superseded jobs from the journal writer (after each commit, in commit order) and
+//! about finished builds from the build threads, and hands jobs to the build pool over a
+//! channel. Nothing else mutates scheduling state.
+
+use crate::build::{Control, StopReason};
+use crate::metrics::Metrics;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// A job as the scheduler and the build threads see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub id: String,
+    pub hook_id: String,
+    pub hook_name: String,
+    pub project: String,
+    pub branch: String,
+    /// A build of this job was started before and interrupted (daemon stop or crash).
+    pub restarted: bool,
+}
+
+/// What the plan asks the scheduler thread to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Start(QueuedJob),
+    /// Stop the running build of this job: a newer trigger superseded it.
+    Stop(String),
+}
+
+/// The scheduling rules, without threads.
+#[derive(Debug)]
+pub struct Plan {
+    workers: usize,
+    pending: VecDeque<QueuedJob>,
+    /// Running job id -> its project.
+    running: HashMap<String, String>,
+    busy_projects: HashSet<String>,
+    draining: bool,
+}
+
+impl Plan {
+    pub fn new(workers: usize) -> Plan {
+        Plan {
+            workers,
+            pending: VecDeque::new(),
+            running: HashMap::new(),
+            busy_projects: HashSet::new(),
+            draining: false,
+        }
+    }
+
+    /// A job was committed; `superseded` is the job of the same hook it canceled.
+    pub fn queued(&mut self, job: QueuedJob, superseded: Option<&str>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(old) = superseded {
+            self.pending.retain(|j| j.id != old);
+            if self.running.contains_key(old) {
+                actions.push(Action::Stop(old.to_string()));
+            }
+        }
+        self.pending.push_back(job);
+        self.dispatch(&mut actions);
+        actions
+    }
+
+    /// A build thread is done with `job_id` (whatever the outcome).
+    pub fn finished(&mut self, job_id: &str) -> Vec<Action> {
+        if let Some(project) = self.running.remove(job_id) {
+            self.busy_projects.remove(&project);
+        }
+        let mut actions = Vec::new();
+        self.dispatch(&mut actions);
+        actions
+    }
+
+    /// Stop starting jobs (shutdown); queued ones stay in the journal for the next start.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    fn dispatch(&mut self, actions: &mut Vec<Action>) {
+        while !self.draining && self.running.len() < self.workers {
+            let Some(pos) = self
+                .pending
+                .iter()
+                .position(|j| !self.busy_projects.contains(&j.project))
+            else {
+                break;
+            };
+            let Some(job) = self.pending.remove(pos) else {
+                break;
+            };
+            self.busy_projects.insert(job.project.clone());
+            self.running.insert(job.id.clone(), job.project.clone());
+            actions.push(Action::Start(job));
+        }
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    #[cfg(test)]
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+}
+
+/// Messages to the scheduler thread.
+#[derive(Debug)]
+pub enum Event {
+    Queued {
+        job: QueuedJob,
+        superseded: Option<String>,
+    },
+    Finished {
+        job_id: String,
+    },
+    /// Stop every running build (they start over after the restart) and start nothing new.
+    Shutdown,
+}
+
+/// A job handed to a build thread, with the handle that stops it.
+pub struct Assignment {
+    pub job: QueuedJob,
+    pub control: Arc<Control>,
+}
+
+/// Runs the scheduler until every event sender is gone.
+pub fn run(events: Receiver<Event>, pool: Sender<Assignment>, workers: usize, metrics: Arc<Metrics>) {
+    let mut plan = Plan::new(workers);
+    let mut controls: HashMap<String, Arc<Control>> = HashMap::new();
+    for event in events {
+        let actions = match event {
+            Event::Queued { job, superseded } => plan.queued(job, superseded.as_deref()),
+            Event::Finished { job_id } => {
+                controls.remove(&job_id);
+                plan.finished(&job_id)
+            }
+            Event::Shutdown => {
+                plan.drain();
+                for control in controls.values() {
+                    control.stop(StopReason::Shutdown);
+                }
+                Vec::new()
+            }
+        };
+        for action in actions {
+            match action {
+                Action::Start(job) => {
+                    let control = Arc::new(Control::default());
+                    controls.insert(job.id.clone(), control.clone());
+                    if pool.send(Assignment { job, control }).is_err() {
+                        log::error!("build pool is gone; no more jobs can start");
+                    }
+                }
+                Action::Stop(job_id) => {
+                    if let Some(control) = controls.get(&job_id) {
+                        log::info!("stopping job={job_id}: superseded by a newer trigger");
+                        control.stop(StopReason::Superseded);
+                    }
+                }
+            }
+        }
+        metrics.queue_depth.store(plan.pending_len() as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, hook: &str, project: &str) -> QueuedJob {
+        QueuedJob {
+            id: id.into(),
+            hook_id: hook.into(),
+            hook_name: hook.into(),
+            project: project.into(),
+            branch: "main".into(),
+            restarted: false,
+        }
+    }
+
+    fn started(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start(j) => Some(j.id.as_str()),
+                Action::Stop(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_build_per_project_and_parallel_projects() {
+        let mut p = Plan::new(2);
+        assert_eq!(started(&p.queued(job("a1", "ha", "A"), None)), ["a1"]);
+        assert!(started(&p.queued(job("a2", "hb", "A"), None)).is_empty());
+        assert_eq!(started(&p.queued(job("b1", "hc", "B"), None)), ["b1"]);
+        assert!(started(&p.queued(job("c1", "hd", "C"), None)).is_empty());
+        // A finishes: the next A job is older than C's, but the worker goes to the first
+        // runnable job in queue order, which is a2.
+        assert_eq!(started(&p.finished("a1")), ["a2"]);
+        assert_eq!(started(&p.finished("b1")), ["c1"]);
+        assert_eq!(p.running_len(), 2);
+    }
+
+    #[test]
+    fn superseding_a_pending_job_drops_it_and_a_running_one_is_stopped() {
+        let mut p = Plan::new(1);
+        p.queued(job("x1", "h", "A"), None);
+        p.queued(job("y1", "g", "B"), None);
+        assert_eq!(p.pending_len(), 1);
+        let actions = p.queued(job("y2", "g", "B"), Some("y1"));
+        assert!(actions.is_empty());
+        assert_eq!(p.pending_len(), 1);
+        let actions = p.queued(job("x2", "h", "A"), Some("x1"));
+        assert_eq!(actions, vec![Action::Stop("x1".into())]);
+        assert_eq!(started(&p.finished("x1")), ["y2"]);
+        assert_eq!(started(&p.finished("y2")), ["x2"]);
+    }
+
+    #[test]
+    fn draining_starts_nothing() {
+        let mut p = Plan::new(1);
+        p.queued(job("a", "h", "A"), None);
+        p.queued(job("b", "g", "B"), None);
+        p.drain();
+        assert!(p.finished("a").is_empty());
+        assert_eq!(p.pending_len(), 1);
+    }
+}

@@ -1,0 +1,223 @@
+//! The few operating-system calls std does not offer: signalling process groups, the file
+//! creation mask, waking a blocked `accept`, the open-file limit, and group lookup.
+//!
+//! This is the only module with `unsafe`; each block says why it is sound.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Signals a build's process group may receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Kill,
+}
+
+impl Signal {
+    fn number(self) -> libc::c_int {
+        match self {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+/// Sends `signal` to every process in group `pgid`. A group that no longer exists is not an
+/// error: the goal (nothing left running) is already met.
+pub fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to signal a group id below 2",
+        ));
+    }
+    // SAFETY: killpg takes plain integers and touches no memory of ours; pgid > 1 rules out
+    // signalling our own group (0) or every process we may signal (-1 / 1).
+    let rc = unsafe { libc::killpg(pgid, signal.number()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Sends `signal` to one process; a process that is gone already is not an error.
+pub fn signal_process(pid: i32, signal: Signal) {
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill takes plain integers; pid > 1 addresses exactly one process.
+    unsafe {
+        libc::kill(pid, signal.number());
+    }
+}
+
+/// Whether any process (a zombie included) is still in group `pgid`.
+pub fn group_exists(pgid: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let rc = unsafe { libc::killpg(pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Runs `f` with the file creation mask set to `mask`, so that a socket is born with the right
+/// mode instead of being narrowed after the fact. Call it before other threads create files:
+/// the mask is process-wide.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps an integer in the process's file-system context.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let out = f();
+    // SAFETY: as above; this restores the previous mask.
+    unsafe {
+        libc::umask(old);
+    }
+    out
+}
+
+/// Wakes a thread blocked in `accept` on `listener` and makes the socket refuse new
+/// connections; the descriptor itself is closed when its owner drops it.
+pub fn shutdown_listener(listener: &impl AsRawFd) {
+    // SAFETY: shutdown on a descriptor we own; on a listening socket Linux wakes accept(2).
+    unsafe {
+        libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, so that the connection limits, not the
+/// default 1024 descriptors, decide how many clients are served.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, which lives on our stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we pass.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The numeric id of a group name, from the system's group database.
+pub fn group_id(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe_zeroed_group();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes only into `grp` and `buf`, whose sizes we pass, and sets
+    // `result` to null or to `&mut grp`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+fn unsafe_zeroed_group() -> libc::group {
+    // SAFETY: libc::group is a plain C struct of pointers and integers; all-zero is a valid
+    // (empty) value that getgrnam_r overwrites.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Changes the group of `path` (owner unchanged).
+pub fn chown_group(path: &Path, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
+/// CLOCK_MONOTONIC in microseconds.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass, which lives on our stack.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Process ids of every process whose environment holds exactly `needle` (`KEY=value`). Builds
+/// carry their job id in the environment, so this finds the processes of a build even when
+/// they left its process group (`setsid`, double fork).
+pub fn processes_with_env(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let needle = needle.as_bytes();
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|var| var == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    #[test]
+    fn a_group_is_signalled_whole_and_then_gone() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        assert!(group_exists(pgid));
+        signal_group(pgid, Signal::Kill).unwrap();
+        child.wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while group_exists(pgid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!group_exists(pgid));
+        // Signalling a vanished group is fine.
+        signal_group(pgid, Signal::Term).unwrap();
+        assert!(signal_group(0, Signal::Term).is_err());
+    }
+
+    #[test]
+    fn processes_are_found_by_environment() {
+        let marker = format!("DEPLOYHOOK_TEST_MARK={}", std::process::id());
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env("DEPLOYHOOK_TEST_MARK", std::process::id().to_string())
+            .spawn()
+            .unwrap();
+        let found = processes_with_env(&marker);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, vec![child.id() as i32]);
+    }
+
+    #[test]
+    fn root_group_exists() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-deployhook"), None);
+    }
+}
