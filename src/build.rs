@@ -11,7 +11,7 @@
 //! `DEPLOYHOOK_JOB_ID` in their environment and killed too.
 
 use crate::config::{Config, Project};
-use crate::journal::{Journal, JobState, Op, Outcome};
+use crate::journal::{JobState, Journal, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::scheduler::{Assignment, Event, QueuedJob};
 use crate::sys::{self, Signal};
@@ -31,6 +31,9 @@ const POLL: Duration = Duration::from_millis(5);
 /// escaped the group may hold it open).
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How long a build thread keeps retrying a journal write that fails (disk full) before it
+/// gives up; a job whose outcome could not be written is retried after the next restart.
+const RECORD_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Why a build is being stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +184,9 @@ impl Log {
 }
 
 fn say(log: &SharedLog, text: &str) {
-    log.lock().unwrap_or_else(PoisonError::into_inner).line(text);
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .line(text);
 }
 
 /// How one step (clone or build) ended.
@@ -225,16 +230,13 @@ fn run_job(ctx: &Context, job: &QueuedJob, control: &Control) {
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let row = match ctx.journal.submit(Op::Start {
+    let start = Op::Start {
         job_id: job.id.clone(),
         now: now_ms(),
-    }) {
-        Ok(Outcome::Started(row)) => row,
-        Ok(_) => return, // canceled before it could start
-        Err(e) => {
-            log::error!("job={} cannot start: {e}; it stays PENDING", job.id);
-            return;
-        }
+    };
+    let row = match record(ctx, start, control) {
+        Some(Outcome::Started(row)) => row,
+        _ => return, // canceled before it could start, or left PENDING for the next start
     };
     let started = Instant::now();
     let log_path = config.logs_dir().join(format!("{}.log", job.id));
@@ -278,37 +280,73 @@ fn run_job(ctx: &Context, job: &QueuedJob, control: &Control) {
     match verdict {
         Some(v) => {
             let status = v.error.as_deref().unwrap_or("ok");
-            say(&log, &format!("{} after {elapsed:.2} s: {status}", v.state.as_str()));
-            let outcome = ctx.journal.submit(Op::Finish {
+            say(
+                &log,
+                &format!("{} after {elapsed:.2} s: {status}", v.state.as_str()),
+            );
+            let finish = Op::Finish {
                 job_id: job.id.clone(),
                 state: v.state,
                 exit_code: v.exit_code,
                 error: v.error,
                 now: now_ms(),
-            });
-            match outcome {
-                Ok(Outcome::Finished(_)) => {
-                    ctx.metrics.build_duration.observe(elapsed);
-                    log::info!("job={} hook={} {} in {elapsed:.2} s", job.id, job.hook_id, v.state.as_str());
-                }
-                Ok(_) => {}
-                Err(e) => log::error!("job={} outcome not recorded: {e}", job.id),
+            };
+            if let Some(Outcome::Finished(_)) = record(ctx, finish, control) {
+                ctx.metrics.build_duration.observe(elapsed);
+                log::info!(
+                    "job={} hook={} {} in {elapsed:.2} s",
+                    job.id,
+                    job.hook_id,
+                    v.state.as_str()
+                );
             }
         }
-        None => match control.reason() {
-            Some(StopReason::Shutdown) => {
-                say(&log, "stopped by daemon shutdown; the job starts over after the restart");
-                if let Err(e) = ctx.journal.submit(Op::Requeue {
-                    job_id: job.id.clone(),
-                }) {
-                    log::error!("job={} not requeued ({e}); it restarts anyway", job.id);
+        None => {
+            match control.reason() {
+                Some(StopReason::Shutdown) => {
+                    say(
+                        &log,
+                        "stopped by daemon shutdown; the job starts over after the restart",
+                    );
+                    if let Err(e) = ctx.journal.submit(Op::Requeue {
+                        job_id: job.id.clone(),
+                    }) {
+                        log::error!("job={} not requeued ({e}); it restarts anyway", job.id);
+                    }
+                }
+                _ => {
+                    say(&log, &format!("CANCELED after {elapsed:.2} s: superseded by a newer trigger of this hook"));
+                    log::info!(
+                        "job={} hook={} canceled while building",
+                        job.id,
+                        job.hook_id
+                    );
                 }
             }
-            _ => {
-                say(&log, &format!("CANCELED after {elapsed:.2} s: superseded by a newer trigger of this hook"));
-                log::info!("job={} hook={} canceled while building", job.id, job.hook_id);
+        }
+    }
+}
+
+/// Submits a job's state change, retrying while the journal cannot take writes (a passing disk
+/// full must not lose a build's outcome). Gives up at shutdown or after [`RECORD_PATIENCE`].
+fn record(ctx: &Context, op: Op, control: &Control) -> Option<Outcome> {
+    let deadline = Instant::now() + RECORD_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match ctx.journal.submit(op.clone()) {
+            Ok(outcome) => return Some(outcome),
+            Err(e)
+                if Instant::now() < deadline && control.reason() != Some(StopReason::Shutdown) =>
+            {
+                log::warn!("{e}; retrying {op:?} in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
-        },
+            Err(e) => {
+                log::error!("{e}; giving up on {op:?}");
+                return None;
+            }
+        }
     }
 }
 
@@ -329,14 +367,29 @@ fn build_in(
         let _ = std::fs::remove_dir_all(dir);
     }
     if let Err(e) = std::fs::create_dir_all(config.builds_dir()) {
-        return Some(Verdict::error(format!("cannot create the builds directory: {e}")));
+        return Some(Verdict::error(format!(
+            "cannot create the builds directory: {e}"
+        )));
     }
     let base_env = base_env(config);
 
-    say(log, &format!("$ git clone --depth 1 --single-branch --branch {} -- {} .", job.branch, project.repo));
+    say(
+        log,
+        &format!(
+            "$ git clone --depth 1 --single-branch --branch {} -- {} .",
+            job.branch, project.repo
+        ),
+    );
     let mut clone = Command::new("git");
     clone
-        .args(["clone", "--depth", "1", "--single-branch", "--no-tags", "--branch"])
+        .args([
+            "clone",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--no-tags",
+            "--branch",
+        ])
         .arg(&job.branch)
         .arg("--")
         .arg(&project.repo)
@@ -350,7 +403,10 @@ fn build_in(
     match run_step(clone, log, control, &job.id, deadline, grace) {
         Step::Exited(status) if status.success() => {}
         Step::Exited(status) => {
-            return Some(Verdict::error(format!("git clone failed ({}); see the log", describe(status))))
+            return Some(Verdict::error(format!(
+                "git clone failed ({}); see the log",
+                describe(status)
+            )))
         }
         Step::SpawnFailed(e) => return Some(Verdict::error(format!("cannot run git: {e}"))),
         Step::Stopped(reason) => return stopped(reason, project),
@@ -358,14 +414,19 @@ fn build_in(
 
     let commit = match head_commit(dir) {
         Ok(c) => c,
-        Err(e) => return Some(Verdict::error(format!("cannot read the checked-out commit: {e}"))),
+        Err(e) => {
+            return Some(Verdict::error(format!(
+                "cannot read the checked-out commit: {e}"
+            )))
+        }
     };
     say(log, &format!("commit {commit}"));
-    if let Err(e) = ctx.journal.submit(Op::SetCommit {
+    let set_commit = Op::SetCommit {
         job_id: job.id.clone(),
         commit: commit.clone(),
-    }) {
-        return Some(Verdict::error(format!("cannot record the commit: {e}")));
+    };
+    if record(ctx, set_commit, control).is_none() {
+        return Some(Verdict::error("cannot record the commit in the journal"));
     }
 
     say(log, &format!("$ sh -c {:?}", project.build));
@@ -429,7 +490,10 @@ fn base_env(config: &Config) -> Vec<(String, String)> {
     let get = |k: &str, fallback: &str| std::env::var(k).unwrap_or_else(|_| fallback.to_string());
     vec![
         ("PATH".into(), get("PATH", DEFAULT_PATH)),
-        ("HOME".into(), get("HOME", &config.state_dir.to_string_lossy())),
+        (
+            "HOME".into(),
+            get("HOME", &config.state_dir.to_string_lossy()),
+        ),
         ("LANG".into(), get("LANG", "C.UTF-8")),
     ]
 }
@@ -502,7 +566,10 @@ fn run_step(
         std::thread::sleep(POLL);
     };
     if matches!(result, Step::Exited(_)) && sys::group_exists(pgid) {
-        say(log, "the command left processes running in its group; stopping them");
+        say(
+            log,
+            "the command left processes running in its group; stopping them",
+        );
         let _ = sys::signal_group(pgid, Signal::Term);
         terminate(&mut child, pgid, job_id, grace);
     }
@@ -610,7 +677,11 @@ mod tests {
         c.stop(StopReason::Superseded);
         c.stop(StopReason::Timeout);
         assert_eq!(c.reason(), Some(StopReason::Superseded));
-        let mut child = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         c.attach(child.id() as i32);
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGTERM));

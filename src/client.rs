@@ -63,7 +63,10 @@ pub fn admin(socket: &Path, req: &AdminRequest) -> Result<Value, ClientError> {
         Ok(value)
     } else {
         Err(ClientError::Refused(
-            value["error"].as_str().unwrap_or("request refused").to_string(),
+            value["error"]
+                .as_str()
+                .unwrap_or("request refused")
+                .to_string(),
         ))
     }
 }
@@ -72,7 +75,13 @@ fn field<T: serde::de::DeserializeOwned>(v: &Value, key: &str) -> Result<T, Clie
     serde_json::from_value(v[key].clone()).map_err(|e| ClientError::Protocol(format!("{key}: {e}")))
 }
 
-pub fn hooks_create(socket: &Path, project: &str, name: &str, branch: &str, json: bool) -> Result<(), ClientError> {
+pub fn hooks_create(
+    socket: &Path,
+    project: &str,
+    name: &str,
+    branch: &str,
+    json: bool,
+) -> Result<(), ClientError> {
     let answer = admin(
         socket,
         &AdminRequest::Create {
@@ -117,7 +126,14 @@ pub fn hooks_list(socket: &Path, json: bool) -> Result<(), ClientError> {
         })
         .collect();
     print_table(
-        &["ID", "NAME", "PROJECT", "BRANCH", "CREATED (UTC)", "LAST TRIGGERED (UTC)"],
+        &[
+            "ID",
+            "NAME",
+            "PROJECT",
+            "BRANCH",
+            "CREATED (UTC)",
+            "LAST TRIGGERED (UTC)",
+        ],
         &rows,
     );
     Ok(())
@@ -204,7 +220,11 @@ pub struct JobsQuery {
 
 pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
     let mut params = Vec::new();
-    for (k, v) in [("hook", &q.hook), ("project", &q.project), ("state", &q.state)] {
+    for (k, v) in [
+        ("hook", &q.hook),
+        ("project", &q.project),
+        ("state", &q.state),
+    ] {
         if let Some(v) = v {
             params.push(format!("{k}={}", encode(v)));
         }
@@ -224,7 +244,8 @@ pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
         println!("{text}");
         return Ok(());
     }
-    let value: Value = serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let jobs: Vec<Job> = field(&value, "jobs")?;
     let rows: Vec<Vec<String>> = jobs
         .iter()
@@ -235,21 +256,37 @@ pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
                 j.hook_id.clone(),
                 j.project.clone(),
                 j.branch.clone(),
-                j.commit.as_deref().map_or("-", |c| &c[..c.len().min(10)]).to_string(),
+                j.commit
+                    .as_deref()
+                    .map_or("-", |c| &c[..c.len().min(10)])
+                    .to_string(),
                 utc(j.created_at),
                 j.error.clone().unwrap_or_default(),
             ]
         })
         .collect();
     print_table(
-        &["JOB", "STATE", "HOOK", "PROJECT", "BRANCH", "COMMIT", "CREATED (UTC)", "ERROR"],
+        &[
+            "JOB",
+            "STATE",
+            "HOOK",
+            "PROJECT",
+            "BRANCH",
+            "COMMIT",
+            "CREATED (UTC)",
+            "ERROR",
+        ],
         &rows,
     );
     Ok(())
 }
 
 pub fn logs(base: &str, job: &str, follow: bool) -> Result<(), ClientError> {
-    let path = format!("/jobs/{}/log{}", encode(job), if follow { "?follow=1" } else { "" });
+    let path = format!(
+        "/jobs/{}/log{}",
+        encode(job),
+        if follow { "?follow=1" } else { "" }
+    );
     let mut resp = get(base, &path)?;
     if resp.status().as_u16() != 200 {
         return Err(api_error(&mut resp));

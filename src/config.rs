@@ -181,7 +181,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// written on it, or the field a "missing field `x`" message names.
 fn key_at(text: &str, line: usize, message: &str) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
-    let here = lines.get(line.checked_sub(1)?).copied().unwrap_or("").trim();
+    let here = lines
+        .get(line.checked_sub(1)?)
+        .copied()
+        .unwrap_or("")
+        .trim();
     let header = |l: &str| -> Option<String> {
         let l = l.trim();
         let inner = l.strip_prefix('[')?.split(']').next()?;
@@ -248,7 +252,12 @@ impl Checker<'_> {
         std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
     }
 
-    fn addr(&self, key: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
         let value = value.unwrap_or_else(|| default.to_string());
         value.parse().map_err(|_| {
             self.error(
@@ -318,7 +327,10 @@ impl Checker<'_> {
             path: self.path.to_path_buf(),
             listen,
             status_listen,
-            admin_socket: base.join(raw.admin_socket.unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into())),
+            admin_socket: base.join(
+                raw.admin_socket
+                    .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into()),
+            ),
             admin_group: raw.admin_group,
             state_dir: base.join(raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
             public_url,
@@ -357,10 +369,18 @@ impl Checker<'_> {
                 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && !key.as_bytes()[0].is_ascii_digit();
             if !valid {
-                return Err(self.error(&table, "env", format!("`{key}` is not a valid variable name")));
+                return Err(self.error(
+                    &table,
+                    "env",
+                    format!("`{key}` is not a valid variable name"),
+                ));
             }
             if key.starts_with("DEPLOYHOOK_") {
-                return Err(self.error(&table, "env", format!("`{key}`: DEPLOYHOOK_* variables are set by deployhook")));
+                return Err(self.error(
+                    &table,
+                    "env",
+                    format!("`{key}`: DEPLOYHOOK_* variables are set by deployhook"),
+                ));
             }
         }
         if raw.env.values().any(|v| v.contains('\0')) {
@@ -401,7 +421,8 @@ fn resolve_repo(base: &Path, repo: &str) -> String {
 
 /// A table name as written in a header, without brackets, quotes and spaces.
 fn normalize_table(name: &str) -> String {
-    name.trim_matches(['[', ']', ' ']).replace(['"', '\'', ' '], "")
+    name.trim_matches(['[', ']', ' '])
+        .replace(['"', '\'', ' '], "")
 }
 
 /// Line of `[table]` in the text, if written as a header.
@@ -467,15 +488,24 @@ mod tests {
 
     #[test]
     fn relative_paths_resolve_against_the_config_folder() {
-        let c = parse_str(&format!("state_dir = \"state\"\nadmin_socket = \"run/a.sock\"\n{MINIMAL}")).unwrap();
+        let c = parse_str(&format!(
+            "state_dir = \"state\"\nadmin_socket = \"run/a.sock\"\n{MINIMAL}"
+        ))
+        .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/etc/dh/state"));
         assert_eq!(c.admin_socket, PathBuf::from("/etc/dh/run/a.sock"));
     }
 
     #[test]
     fn remote_repos_are_left_alone() {
-        assert_eq!(resolve_repo(Path::new("/b"), "https://h/x.git"), "https://h/x.git");
-        assert_eq!(resolve_repo(Path::new("/b"), "git@h:me/x.git"), "git@h:me/x.git");
+        assert_eq!(
+            resolve_repo(Path::new("/b"), "https://h/x.git"),
+            "https://h/x.git"
+        );
+        assert_eq!(
+            resolve_repo(Path::new("/b"), "git@h:me/x.git"),
+            "git@h:me/x.git"
+        );
         assert_eq!(resolve_repo(Path::new("/b"), "/srv/x.git"), "/srv/x.git");
         assert_eq!(resolve_repo(Path::new("/b"), "./x:y"), "/b/./x:y");
     }
@@ -485,7 +515,11 @@ mod tests {
         let err = parse_str(&format!("{MINIMAL}buidl = \"x\"\n")).unwrap_err();
         assert_eq!(err.line, Some(4));
         assert_eq!(err.key.as_deref(), Some("projects.site.buidl"));
-        assert!(err.to_string().starts_with("/etc/dh/deployhook.toml:4: key `projects.site.buidl`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/etc/dh/deployhook.toml:4: key `projects.site.buidl`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -506,8 +540,12 @@ mod tests {
     fn semantic_errors_are_located() {
         let err = parse_str(&format!("listen = \"nowhere\"\n{MINIMAL}")).unwrap_err();
         assert_eq!((err.line, err.key.as_deref()), (Some(1), Some("listen")));
-        let err = parse_str("[projects.site]\nrepo = \"x\"\nbuild = \"m\"\ntimeout_secs = 0\n").unwrap_err();
-        assert_eq!((err.line, err.key.as_deref()), (Some(4), Some("projects.site.timeout_secs")));
+        let err = parse_str("[projects.site]\nrepo = \"x\"\nbuild = \"m\"\ntimeout_secs = 0\n")
+            .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("projects.site.timeout_secs"))
+        );
         let err = parse_str("[projects.\"a b\"]\nrepo = \"x\"\nbuild = \"m\"\n").unwrap_err();
         assert_eq!(err.line, Some(1));
         let err = parse_str("workers = 1\n").unwrap_err();

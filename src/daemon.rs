@@ -74,7 +74,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 /// and deleted in the background.
 fn prepare_state(config: &Config, janitor: &Sender<PathBuf>) -> Result<(), DaemonError> {
     for dir in [&config.state_dir, &config.logs_dir()] {
-        std::fs::create_dir_all(dir).map_err(|e| startup(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| startup(format!("cannot create {}", dir.display()), e))?;
     }
     let builds = config.builds_dir();
     if builds.exists() {
@@ -84,10 +85,15 @@ fn prepare_state(config: &Config, janitor: &Sender<PathBuf>) -> Result<(), Daemo
         std::fs::rename(&builds, &stale)
             .map_err(|e| startup(format!("cannot move aside {}", builds.display()), e))?;
     }
-    std::fs::create_dir_all(&builds).map_err(|e| startup(format!("cannot create {}", builds.display()), e))?;
+    std::fs::create_dir_all(&builds)
+        .map_err(|e| startup(format!("cannot create {}", builds.display()), e))?;
     if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("builds.stale-") {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("builds.stale-")
+            {
                 let _ = janitor.send(entry.path());
             }
         }
@@ -117,7 +123,11 @@ fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalEr
             journal.submit(Op::Requeue {
                 job_id: row.job.id.clone(),
             })?;
-            log::info!("job={} hook={} was interrupted; it starts over", row.job.id, row.job.hook_id);
+            log::info!(
+                "job={} hook={} was interrupted; it starts over",
+                row.job.id,
+                row.job.hook_id
+            );
         }
         let _ = events.send(Event::Queued {
             job: queued(row, interrupted),
@@ -128,7 +138,12 @@ fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalEr
 }
 
 /// What the journal writer tells the rest of the daemon after each commit.
-fn on_commit(events: Sender<Event>, janitor: Sender<PathBuf>, logs: PathBuf, metrics: Arc<Metrics>) -> impl FnMut(&Outcome) {
+fn on_commit(
+    events: Sender<Event>,
+    janitor: Sender<PathBuf>,
+    logs: PathBuf,
+    metrics: Arc<Metrics>,
+) -> impl FnMut(&Outcome) {
     move |outcome| match outcome {
         Outcome::Triggered { row, superseded } => {
             metrics.job_entered(JobState::Pending);
@@ -154,20 +169,47 @@ fn bind_tcp(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Daemo
     TcpListener::bind(addr).map_err(|e| startup(format!("cannot listen on {addr} ({what})"), e))
 }
 
-pub fn run(config: Config) -> Result<(), DaemonError> {
+/// With port 0 (any free port) the real addresses are only known once bound; the default
+/// `public_url` follows the real hook address.
+fn adopt_bound_addresses(config: &mut Config, public: &TcpListener, status: &TcpListener) {
+    let default_url = format!("http://{}", config.listen);
+    if let (Ok(p), Ok(s)) = (public.local_addr(), status.local_addr()) {
+        if config.public_url == default_url {
+            config.public_url = format!("http://{p}");
+        }
+        config.listen = p;
+        config.status_listen = s;
+    }
+}
+
+pub fn run(mut config: Config) -> Result<(), DaemonError> {
     crate::sys::raise_nofile_limit();
     let started = Instant::now();
-    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| startup("cannot install signal handlers", e))?;
-    let admin_listener = admin::bind(&config.admin_socket, config.admin_group.as_deref())
-        .map_err(|e| startup(format!("cannot bind the admin socket {}", config.admin_socket.display()), e))?;
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| startup("cannot install signal handlers", e))?;
+    let admin_listener =
+        admin::bind(&config.admin_socket, config.admin_group.as_deref()).map_err(|e| {
+            startup(
+                format!(
+                    "cannot bind the admin socket {}",
+                    config.admin_socket.display()
+                ),
+                e,
+            )
+        })?;
     let (janitor_tx, janitor_rx) = crossbeam_channel::unbounded();
     spawn("janitor", move || build::janitor(janitor_rx))?;
     prepare_state(&config, &janitor_tx)?;
     let journal_path = config.journal_path();
-    let (journal, writer) = Journal::open(&journal_path)
-        .map_err(|e| startup(format!("cannot open the journal {}", journal_path.display()), e))?;
+    let (journal, writer) = Journal::open(&journal_path).map_err(|e| {
+        startup(
+            format!("cannot open the journal {}", journal_path.display()),
+            e,
+        )
+    })?;
     let public_socket = bind_tcp(config.listen, "listen")?;
     let status_socket = bind_tcp(config.status_listen, "status_listen")?;
+    adopt_bound_addresses(&mut config, &public_socket, &status_socket);
 
     let metrics = Arc::new(Metrics::default());
     metrics.workers_total.store(config.workers as u64, Relaxed);
@@ -176,19 +218,29 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
 
     {
-        let commit = on_commit(events_tx.clone(), janitor_tx.clone(), config.logs_dir(), metrics.clone());
+        let commit = on_commit(
+            events_tx.clone(),
+            janitor_tx.clone(),
+            config.logs_dir(),
+            metrics.clone(),
+        );
         let m = metrics.clone();
-        spawn("journal-writer", move || writer.run(commit, move |s| {
-            if s.ok {
-                m.commit(s.ops, s.seconds)
-            }
-        }))?;
+        spawn("journal-writer", move || {
+            writer.run(commit, move |s| {
+                if s.ok {
+                    m.commit(s.ops, s.seconds)
+                }
+            })
+        })?;
     }
-    let recovered = recover(&journal, &events_tx).map_err(|e| startup("cannot read open jobs", e))?;
+    let recovered =
+        recover(&journal, &events_tx).map_err(|e| startup("cannot read open jobs", e))?;
     {
         let m = metrics.clone();
         let workers = config.workers;
-        spawn("scheduler", move || scheduler::run(events_rx, pool_tx, workers, m))?;
+        spawn("scheduler", move || {
+            scheduler::run(events_rx, pool_tx, workers, m)
+        })?;
     }
     let ctx = Context {
         journal: journal.clone(),
@@ -200,14 +252,19 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut workers = Vec::new();
     for i in 0..config.workers {
         let (ctx, rx) = (ctx.clone(), pool_rx.clone());
-        workers.push(spawn(&format!("build-{i}"), move || build::worker(ctx, rx))?);
+        workers.push(spawn(&format!("build-{i}"), move || {
+            build::worker(ctx, rx)
+        })?);
     }
     drop(pool_rx);
     {
         let (journal, shared) = (journal.clone(), shared.clone());
         spawn("pruner", move || loop {
             std::thread::sleep(PRUNE_EVERY);
-            let keep = shared.read().unwrap_or_else(PoisonError::into_inner).keep_jobs;
+            let keep = shared
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keep_jobs;
             journal.submit_detached(Op::Prune { keep });
         })?;
     }
@@ -245,8 +302,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     log::info!(
         "ready public={} status={} admin={} journal={} workers={} recovered_jobs={recovered}",
-        public.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
-        status.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        public
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string()),
+        status
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string()),
         config.admin_socket.display(),
         journal_path.display(),
         config.workers,
@@ -262,7 +323,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     crate::sys::shutdown_listener(&admin_fd);
     let _ = std::fs::remove_file(&config.admin_socket);
     let _ = events_tx.send(Event::Shutdown);
-    let grace = shared.read().unwrap_or_else(PoisonError::into_inner).kill_grace;
+    let grace = shared
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .kill_grace;
     let deadline = Instant::now() + grace + SHUTDOWN_SLACK;
     while workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -301,7 +365,13 @@ fn reload(path: &Path, shared: &RwLock<Arc<Config>>) {
                     log::warn!("config reload: `{key}` changed; it takes effect after a restart");
                 }
             }
+            let public_url = if new.public_url == format!("http://{}", new.listen) {
+                old.public_url.clone()
+            } else {
+                new.public_url.clone()
+            };
             *guard = Arc::new(Config {
+                public_url,
                 listen: old.listen,
                 status_listen: old.status_listen,
                 admin_socket: old.admin_socket.clone(),
@@ -309,7 +379,11 @@ fn reload(path: &Path, shared: &RwLock<Arc<Config>>) {
                 workers: old.workers,
                 ..new
             });
-            log::info!("config reloaded from {}: {} projects", path.display(), guard.projects.len());
+            log::info!(
+                "config reloaded from {}: {} projects",
+                path.display(),
+                guard.projects.len()
+            );
         }
         Err(e) => log::error!("config reload refused, keeping the running configuration: {e}"),
     }

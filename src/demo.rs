@@ -96,7 +96,11 @@ pub fn run() -> Result<(), DaemonError> {
     let repo = make_example(&dir)?;
     let listen = free_addr("127.0.0.1:8080")?;
     let status = free_addr("127.0.0.1:8081")?;
-    let status = if status == listen { free_addr("127.0.0.1:0")? } else { status };
+    let status = if status == listen {
+        free_addr("127.0.0.1:0")?
+    } else {
+        status
+    };
     let deploy = dir.join("public");
     let text = CONFIG
         .replace("{listen}", &listen.to_string())
@@ -111,7 +115,9 @@ pub fn run() -> Result<(), DaemonError> {
         .name("demo".into())
         .spawn(move || announce(&socket, status, &repo, &deploy, &config_path));
     if let Err(e) = announce {
-        return Err(DaemonError::Startup(format!("cannot start the demo thread: {e}")));
+        return Err(DaemonError::Startup(format!(
+            "cannot start the demo thread: {e}"
+        )));
     }
     let result = daemon::run(config);
     let _ = std::fs::remove_dir_all(&dir);

@@ -8,6 +8,10 @@
 //! hands the committed outcomes to a callback (the scheduler). Readers use read transactions
 //! and never block the writer.
 //!
+//! After a failed commit (disk full, I/O error) redb refuses every later write until the file is
+//! reopened, so the writer closes and reopens it before its next batch (at most once per
+//! [`REOPEN_EVERY`]); ops that arrive while it cannot are refused, never acknowledged.
+//!
 //! Invariants kept by the writer:
 //! - A job's state only moves forward: PENDING -> BUILDING -> READY | ERROR | CANCELED, with one
 //!   exception, [`Op::Requeue`] (BUILDING -> PENDING at shutdown). Terminal states never change.
@@ -26,21 +30,25 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 const HOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("hooks");
 const HOOK_SECRETS: TableDefinition<&[u8], &str> = TableDefinition::new("hook_secrets");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const JOBS_BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("jobs_by_seq");
 const JOBS_BY_HOOK: TableDefinition<(&str, u64), &str> = TableDefinition::new("jobs_by_hook");
-const JOBS_BY_PROJECT: TableDefinition<(&str, u64), &str> =
-    TableDefinition::new("jobs_by_project");
+const JOBS_BY_PROJECT: TableDefinition<(&str, u64), &str> = TableDefinition::new("jobs_by_project");
 const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::new("open_by_hook");
 /// Per-hook number of stored jobs, for retention.
 const HOOK_JOB_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("hook_job_counts");
 /// `seq` (last sequence number) and `state.<STATE>` (jobs per state).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// Least time between two attempts to reopen a failed journal.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for readers to let go of a failed database before it is reopened.
+const READERS_DRAIN: Duration = Duration::from_secs(2);
 
 /// Most ops one commit takes; more wait for the next commit.
 const MAX_BATCH: usize = 4096;
@@ -266,24 +274,35 @@ pub struct CommitStats {
     pub ok: bool,
 }
 
+/// The open database, replaced by the writer when it has to be reopened (`None` meanwhile).
+type Slot = Arc<RwLock<Option<Arc<Database>>>>;
+
 /// The shared handle: submit ops to the writer, read with read transactions.
 #[derive(Clone)]
 pub struct Journal {
-    db: Arc<Database>,
+    db: Slot,
     path: PathBuf,
     tx: Sender<Pending>,
 }
 
 /// The writer side, to be run on its own thread.
 pub struct Writer {
-    db: Arc<Database>,
+    db: Slot,
+    path: PathBuf,
     rx: Receiver<Pending>,
+    /// Set after a failed commit: the database must be reopened before the next write.
+    broken: bool,
+    last_reopen: Option<Instant>,
+}
+
+fn open_database(path: &Path) -> Result<Database, JournalError> {
+    Ok(Database::create(path)?)
 }
 
 impl Journal {
     /// Opens (or creates) the journal file and makes sure every table exists.
     pub fn open(path: &Path) -> Result<(Journal, Writer), JournalError> {
-        let db = Arc::new(Database::create(path)?);
+        let db = Arc::new(open_database(path)?);
         let txn = db.begin_write()?;
         {
             txn.open_table(HOOKS)?;
@@ -298,13 +317,20 @@ impl Journal {
         }
         txn.commit()?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        let slot: Slot = Arc::new(RwLock::new(Some(db)));
         Ok((
             Journal {
-                db: db.clone(),
+                db: slot.clone(),
                 path: path.to_path_buf(),
                 tx,
             },
-            Writer { db, rx },
+            Writer {
+                db: slot,
+                path: path.to_path_buf(),
+                rx,
+                broken: false,
+                last_reopen: None,
+            },
         ))
     }
 
@@ -333,7 +359,8 @@ impl Journal {
     }
 
     fn read(&self) -> Result<ReadTransaction, JournalError> {
-        Ok(self.db.begin_read()?)
+        let db = current(&self.db)?;
+        Ok(db.begin_read()?)
     }
 
     /// Whether a hook with this secret exists and belongs to `project` (a lock-free pre-check
@@ -402,7 +429,10 @@ impl Journal {
 
     /// Jobs newest first, filtered, from the index that fits the filter best. Returns the rows
     /// and the cursor to pass as `before` for the next page, if there may be one.
-    pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobRow>, Option<u64>), JournalError> {
+    pub fn list_jobs(
+        &self,
+        filter: &JobFilter,
+    ) -> Result<(Vec<JobRow>, Option<u64>), JournalError> {
         let txn = self.read()?;
         let jobs = txn.open_table(JOBS)?;
         let before = filter.before.unwrap_or(u64::MAX);
@@ -423,7 +453,10 @@ impl Journal {
         };
         if let Some(hook) = &filter.hook {
             let index = txn.open_table(JOBS_BY_HOOK)?;
-            for entry in index.range((hook.as_str(), 0)..(hook.as_str(), before))?.rev() {
+            for entry in index
+                .range((hook.as_str(), 0)..(hook.as_str(), before))?
+                .rev()
+            {
                 let (key, id) = entry?;
                 if !visit(key.value().1, id.value())? {
                     exhausted = false;
@@ -432,7 +465,10 @@ impl Journal {
             }
         } else if let Some(project) = &filter.project {
             let index = txn.open_table(JOBS_BY_PROJECT)?;
-            for entry in index.range((project.as_str(), 0)..(project.as_str(), before))?.rev() {
+            for entry in index
+                .range((project.as_str(), 0)..(project.as_str(), before))?
+                .rev()
+            {
                 let (key, id) = entry?;
                 if !visit(key.value().1, id.value())? {
                     exhausted = false;
@@ -473,10 +509,46 @@ impl JobFilter {
     }
 }
 
+fn current(slot: &Slot) -> Result<Arc<Database>, JournalError> {
+    slot.read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| JournalError("the journal is being reopened after an I/O error".into()))
+}
+
 impl Writer {
+    /// Closes and reopens the database after a failed commit. Readers hold the database only
+    /// for one read, so they are waited for briefly; the file must be closed before it can be
+    /// opened again.
+    fn reopen(&mut self) -> Result<(), JournalError> {
+        if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return Err(JournalError(
+                "a previous write failed; retrying shortly".into(),
+            ));
+        }
+        self.last_reopen = Some(Instant::now());
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            let deadline = Instant::now() + READERS_DRAIN;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let db = open_database(&self.path)?;
+        *slot = Some(Arc::new(db));
+        self.broken = false;
+        log::info!("journal reopened after a failed write; accepting writes again");
+        Ok(())
+    }
+
     /// Runs until every [`Journal`] handle is dropped. `on_commit` sees every committed outcome,
     /// in commit order; `on_stats` sees each commit's figures.
-    pub fn run(self, mut on_commit: impl FnMut(&Outcome), mut on_stats: impl FnMut(CommitStats)) {
+    pub fn run(
+        mut self,
+        mut on_commit: impl FnMut(&Outcome),
+        mut on_stats: impl FnMut(CommitStats),
+    ) {
         while let Ok(first) = self.rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -513,8 +585,20 @@ impl Writer {
         }
     }
 
-    fn commit_batch(&self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
-        let txn = self.db.begin_write()?;
+    fn commit_batch(&mut self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
+        if self.broken {
+            self.reopen()?;
+        }
+        let result = self.try_commit(batch);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn try_commit(&self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
+        let db = current(&self.db)?;
+        let txn = db.begin_write()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut tables = Tables::open(&txn)?;
@@ -703,7 +787,10 @@ impl<'t> Tables<'t> {
         }
         let hook_id = hook_row.hook.id.clone();
         // Newest wins: the hook's open job, if any, is canceled by this one.
-        let previous = self.open.get(hook_id.as_str())?.map(|v| v.value().to_string());
+        let previous = self
+            .open
+            .get(hook_id.as_str())?
+            .map(|v| v.value().to_string());
         let mut superseded = None;
         if let Some(prev_id) = previous {
             if let Some(mut prev) = self.get_job(&prev_id)? {
@@ -744,7 +831,10 @@ impl<'t> Tables<'t> {
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
         self.by_project.insert((project, seq), job_id)?;
         self.open.insert(hook_id.as_str(), job_id)?;
-        let count = self.hook_counts.get(hook_id.as_str())?.map_or(0, |v| v.value());
+        let count = self
+            .hook_counts
+            .get(hook_id.as_str())?
+            .map_or(0, |v| v.value());
         self.hook_counts.insert(hook_id.as_str(), count + 1)?;
         hook_row.hook.last_triggered_at = Some(now);
         let bytes = serde_json::to_vec(&hook_row)?;
@@ -788,7 +878,10 @@ impl<'t> Tables<'t> {
             let excess = (count - keep as u64) as usize;
             let budget = excess.min(MAX_PRUNE_PER_OP - removed.len().min(MAX_PRUNE_PER_OP));
             let mut victims = Vec::new();
-            for entry in self.by_hook.range((hook.as_str(), 0)..=(hook.as_str(), u64::MAX))? {
+            for entry in self
+                .by_hook
+                .range((hook.as_str(), 0)..=(hook.as_str(), u64::MAX))?
+            {
                 if victims.len() == budget {
                     break;
                 }
@@ -906,7 +999,13 @@ mod tests {
     fn newest_trigger_cancels_the_open_job() {
         let (_d, j) = journal();
         hook(&j, "hook_a", "s1");
-        assert!(matches!(trigger(&j, "s1", "J1"), Outcome::Triggered { superseded: None, .. }));
+        assert!(matches!(
+            trigger(&j, "s1", "J1"),
+            Outcome::Triggered {
+                superseded: None,
+                ..
+            }
+        ));
         let Outcome::Triggered { superseded, .. } = trigger(&j, "s1", "J2") else {
             panic!()
         };
@@ -914,7 +1013,12 @@ mod tests {
         let j1 = j.job("J1").unwrap().unwrap();
         assert_eq!(j1.job.state, JobState::Canceled);
         assert_eq!(j1.job.canceled_by.as_deref(), Some("J2"));
-        let open: Vec<String> = j.open_jobs().unwrap().into_iter().map(|r| r.job.id).collect();
+        let open: Vec<String> = j
+            .open_jobs()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.job.id)
+            .collect();
         assert_eq!(open, vec!["J2".to_string()]);
         // Terminal states never change.
         let out = j
@@ -943,10 +1047,22 @@ mod tests {
             .unwrap();
         assert_eq!(out, Outcome::NotFound);
         assert!(j.secret_matches(&hash_secret("s1"), "site").unwrap());
-        assert_eq!(j.submit(Op::RevokeHook { id: "hook_a".into() }).unwrap(), Outcome::HookRevoked);
+        assert_eq!(
+            j.submit(Op::RevokeHook {
+                id: "hook_a".into()
+            })
+            .unwrap(),
+            Outcome::HookRevoked
+        );
         assert_eq!(trigger(&j, "s1", "J2"), Outcome::NotFound);
         assert!(!j.secret_matches(&hash_secret("s1"), "site").unwrap());
-        assert_eq!(j.submit(Op::RevokeHook { id: "hook_a".into() }).unwrap(), Outcome::NotFound);
+        assert_eq!(
+            j.submit(Op::RevokeHook {
+                id: "hook_a".into()
+            })
+            .unwrap(),
+            Outcome::NotFound
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ const EXIT_CONFIG: u8 = 78;
 const EXIT_NO_DAEMON: u8 = 69;
 
 #[derive(Parser)]
-#[command(name = "deployhook", version, about = "Self-hosted deploy hooks: secret URLs that queue fresh-checkout builds")]
+#[command(
+    name = "deployhook",
+    version,
+    about = "Self-hosted deploy hooks: secret URLs that queue fresh-checkout builds"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

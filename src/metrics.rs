@@ -68,7 +68,9 @@ impl Histogram {
     }
 }
 
-const BUILD_BOUNDS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+const BUILD_BOUNDS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 const COMMIT_BOUNDS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
@@ -128,7 +130,11 @@ impl Metrics {
         out.push_str("# TYPE deployhook_triggers_total counter\n");
         for r in TriggerResult::ALL {
             let n = self.triggers[r as usize].load(Relaxed);
-            let _ = writeln!(out, "deployhook_triggers_total{{result=\"{}\"}} {n}", r.label());
+            let _ = writeln!(
+                out,
+                "deployhook_triggers_total{{result=\"{}\"}} {n}",
+                r.label()
+            );
         }
         out.push_str("# HELP deployhook_jobs_total Jobs that entered each state.\n");
         out.push_str("# TYPE deployhook_jobs_total counter\n");
@@ -137,20 +143,50 @@ impl Metrics {
             let _ = writeln!(out, "deployhook_jobs_total{{state=\"{}\"}} {n}", s.as_str());
         }
         let gauges = [
-            ("deployhook_queue_depth", "Jobs waiting for a build thread.", self.queue_depth.load(Relaxed)),
-            ("deployhook_workers_busy", "Build threads running a job.", self.workers_busy.load(Relaxed)),
-            ("deployhook_workers", "Build threads configured.", self.workers_total.load(Relaxed)),
-            ("deployhook_journal_bytes", "Size of the journal file.", journal_bytes),
+            (
+                "deployhook_queue_depth",
+                "Jobs waiting for a build thread.",
+                self.queue_depth.load(Relaxed),
+            ),
+            (
+                "deployhook_workers_busy",
+                "Build threads running a job.",
+                self.workers_busy.load(Relaxed),
+            ),
+            (
+                "deployhook_workers",
+                "Build threads configured.",
+                self.workers_total.load(Relaxed),
+            ),
+            (
+                "deployhook_journal_bytes",
+                "Size of the journal file.",
+                journal_bytes,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let counters = [
-            ("deployhook_journal_commits_total", "Journal write transactions committed.", self.commits.load(Relaxed)),
-            ("deployhook_journal_ops_total", "Journal operations committed (ops / commits = batch size).", self.committed_ops.load(Relaxed)),
+            (
+                "deployhook_journal_commits_total",
+                "Journal write transactions committed.",
+                self.commits.load(Relaxed),
+            ),
+            (
+                "deployhook_journal_ops_total",
+                "Journal operations committed (ops / commits = batch size).",
+                self.committed_ops.load(Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         self.build_duration.render(
             &mut out,

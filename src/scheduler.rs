@@ -114,7 +114,6 @@ impl Plan {
     pub fn running_len(&self) -> usize {
         self.running.len()
     }
-
 }
 
 /// Messages to the scheduler thread.
@@ -138,8 +137,15 @@ pub struct Assignment {
 }
 
 /// Runs the scheduler until every event sender is gone.
-pub fn run(events: Receiver<Event>, pool: Sender<Assignment>, workers: usize, metrics: Arc<Metrics>) {
+pub fn run(
+    events: Receiver<Event>,
+    pool: Sender<Assignment>,
+    workers: usize,
+    metrics: Arc<Metrics>,
+) {
     let mut plan = Plan::new(workers);
+    // Dropped at shutdown, so build threads end once their current job has stopped.
+    let mut pool = Some(pool);
     let mut controls: HashMap<String, Arc<Control>> = HashMap::new();
     for event in events {
         let actions = match event {
@@ -150,6 +156,7 @@ pub fn run(events: Receiver<Event>, pool: Sender<Assignment>, workers: usize, me
             }
             Event::Shutdown => {
                 plan.drain();
+                pool = None;
                 for control in controls.values() {
                     control.stop(StopReason::Shutdown);
                 }
@@ -161,7 +168,11 @@ pub fn run(events: Receiver<Event>, pool: Sender<Assignment>, workers: usize, me
                 Action::Start(job) => {
                     let control = Arc::new(Control::default());
                     controls.insert(job.id.clone(), control.clone());
-                    if pool.send(Assignment { job, control }).is_err() {
+                    let sent = match &pool {
+                        Some(p) => p.send(Assignment { job, control }).is_ok(),
+                        None => false,
+                    };
+                    if !sent {
                         log::error!("build pool is gone; no more jobs can start");
                     }
                 }
@@ -173,7 +184,9 @@ pub fn run(events: Receiver<Event>, pool: Sender<Assignment>, workers: usize, me
                 }
             }
         }
-        metrics.queue_depth.store(plan.pending_len() as u64, Relaxed);
+        metrics
+            .queue_depth
+            .store(plan.pending_len() as u64, Relaxed);
     }
 }
 

@@ -59,7 +59,10 @@ pub fn bind(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
     }
     let gid = match group {
         Some(name) => Some(crate::sys::group_id(name).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("admin_group `{name}` does not exist"))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("admin_group `{name}` does not exist"),
+            )
         })?),
         None => None,
     };
@@ -170,7 +173,9 @@ impl Admin {
 
     fn revoke(&self, id: &str) -> Result<Value, String> {
         if !secret::is_hook_id(id) {
-            return Err(format!("`{id}` is not a hook id (hook_ and 12 letters or digits)"));
+            return Err(format!(
+                "`{id}` is not a hook id (hook_ and 12 letters or digits)"
+            ));
         }
         match self.journal.submit(Op::RevokeHook { id: id.to_string() }) {
             Ok(Outcome::HookRevoked) => {
@@ -190,7 +195,11 @@ fn failure(message: String) -> Value {
 /// A branch name git accepts (`git check-ref-format --branch`), not an option in disguise.
 pub fn check_branch(branch: &str) -> Result<(), String> {
     let refused = || format!("`{branch}` is not a valid branch name");
-    if branch.is_empty() || branch.starts_with('-') || branch.len() > 255 || branch.contains('@') && branch.contains('{') {
+    if branch.is_empty()
+        || branch.starts_with('-')
+        || branch.len() > 255
+        || branch.contains('@') && branch.contains('{')
+    {
         return Err(refused());
     }
     let status = Command::new("git")
@@ -223,7 +232,8 @@ mod tests {
     #[test]
     fn request_wire_format() {
         let r: AdminRequest =
-            serde_json::from_str(r#"{"op":"create","project":"p","name":"n","branch":"b"}"#).unwrap();
+            serde_json::from_str(r#"{"op":"create","project":"p","name":"n","branch":"b"}"#)
+                .unwrap();
         assert_eq!(
             r,
             AdminRequest::Create {
@@ -232,6 +242,9 @@ mod tests {
                 branch: "b".into()
             }
         );
-        assert_eq!(serde_json::to_string(&AdminRequest::List).unwrap(), r#"{"op":"list"}"#);
+        assert_eq!(
+            serde_json::to_string(&AdminRequest::List).unwrap(),
+            r#"{"op":"list"}"#
+        );
     }
 }

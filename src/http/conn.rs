@@ -242,8 +242,14 @@ fn serve_connection(stream: TcpStream, remote: SocketAddr, handler: &dyn Handler
                 let reply = handler.handle(&req);
                 let close = req.wants_close();
                 let head_only = req.method == Method::Head;
-                let reusable =
-                    write_reply(&stream, reply, req.version.clone(), &req.headers, head_only, close);
+                let reusable = write_reply(
+                    &stream,
+                    reply,
+                    req.version.clone(),
+                    &req.headers,
+                    head_only,
+                    close,
+                );
                 if close || !matches!(reusable, Ok(true)) {
                     return;
                 }
@@ -305,7 +311,8 @@ fn read_request(
         }
     }
     let bad = |why: &str| ReadFail::Answer(ApiError::BadRequest(why.to_string()));
-    let request_line = std::str::from_utf8(trim_eol(&line)).map_err(|_| bad("request line is not text"))?;
+    let request_line =
+        std::str::from_utf8(trim_eol(&line)).map_err(|_| bad("request line is not text"))?;
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -316,7 +323,8 @@ fn read_request(
     let version = match version {
         "HTTP/1.1" => HTTPVersion(1, 1),
         "HTTP/1.0" => HTTPVersion(1, 0),
-        _ => return Err(ReadFail::Answer(ApiError::VersionNotSupported)),
+        v if v.starts_with("HTTP/") => return Err(ReadFail::Answer(ApiError::VersionNotSupported)),
+        _ => return Err(bad("malformed request line")),
     };
     if !target.starts_with('/') {
         return Err(bad("request target must be a path"));
@@ -392,7 +400,11 @@ fn body_framing(headers: &[Header], limits: &Limits) -> Result<Framing, ReadFail
             return Err(bad("both Content-Length and Transfer-Encoding"));
         }
         let chunked_last = encodings.len() == 1
-            && encodings[0].value.as_str().trim().eq_ignore_ascii_case("chunked");
+            && encodings[0]
+                .value
+                .as_str()
+                .trim()
+                .eq_ignore_ascii_case("chunked");
         if !chunked_last {
             return Err(bad("unsupported Transfer-Encoding"));
         }
@@ -448,8 +460,14 @@ fn trim_eol(line: &[u8]) -> &[u8] {
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -468,7 +486,10 @@ fn write_reply(
         mut headers,
         body,
     } = reply;
-    headers.push(("Server", format!("deployhook/{}", env!("CARGO_PKG_VERSION"))));
+    headers.push((
+        "Server",
+        format!("deployhook/{}", env!("CARGO_PKG_VERSION")),
+    ));
     if close {
         headers.push(("Connection", "close".to_string()));
     }
@@ -494,7 +515,13 @@ fn write_reply(
         }
         ReplyBody::Stream(produce) => {
             let chunked = version == HTTPVersion(1, 1);
-            write!(out, "HTTP/{} {} {}\r\n", version, status, tiny_http::StatusCode(status).default_reason_phrase())?;
+            write!(
+                out,
+                "HTTP/{} {} {}\r\n",
+                version,
+                status,
+                tiny_http::StatusCode(status).default_reason_phrase()
+            )?;
             for (name, value) in &headers {
                 write!(out, "{name}: {value}\r\n")?;
             }
@@ -558,8 +585,14 @@ mod tests {
 
     #[test]
     fn conflicting_or_smuggling_framing_is_refused() {
-        assert!(matches!(framing(&[("Content-Length", "5")]), Ok(Framing::Length(5))));
-        assert!(matches!(framing(&[("Content-Length", "5"), ("content-length", "5")]), Ok(Framing::Length(5))));
+        assert!(matches!(
+            framing(&[("Content-Length", "5")]),
+            Ok(Framing::Length(5))
+        ));
+        assert!(matches!(
+            framing(&[("Content-Length", "5"), ("content-length", "5")]),
+            Ok(Framing::Length(5))
+        ));
         for bad in [
             vec![("Content-Length", "5"), ("Content-Length", "6")],
             vec![("Content-Length", "5, 6")],
@@ -569,7 +602,10 @@ mod tests {
             vec![("Transfer-Encoding", "gzip, chunked")],
         ] {
             assert!(
-                matches!(framing(&bad), Err(ReadFail::Answer(ApiError::BadRequest(_)))),
+                matches!(
+                    framing(&bad),
+                    Err(ReadFail::Answer(ApiError::BadRequest(_)))
+                ),
                 "{bad:?}"
             );
         }

@@ -125,8 +125,10 @@ Showing the {} most recent jobs, newest first. Reload for fresh states.</p>\n\
     if rows.is_empty() {
         html.push_str("<tr><td colspan=\"9\">No jobs yet.</td></tr>\n");
     }
-    html.push_str("</tbody></table>\n<p><a href=\"/status\">/status</a> · <a href=\"/jobs\">/jobs</a> · \
-<a href=\"/hooks\">/hooks</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n");
+    html.push_str(
+        "</tbody></table>\n<p><a href=\"/status\">/status</a> · <a href=\"/jobs\">/jobs</a> · \
+<a href=\"/hooks\">/hooks</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n",
+    );
     html
 }
 
@@ -170,7 +172,10 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 
     #[test]

@@ -189,7 +189,12 @@ fn parse_filter(req: &Request) -> Result<JobFilter, ApiError> {
                         .map_err(|_| bad("before must be a `next` cursor".into()))?,
                 )
             }
-            other => return Err(bad(format!("unknown parameter `{}`", page::ascii_only(other)))),
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter `{}`",
+                    page::ascii_only(other)
+                )))
+            }
         }
     }
     Ok(filter)
@@ -279,7 +284,10 @@ fn follow_log(
                 let upto = if done {
                     n
                 } else {
-                    buf[..n].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+                    buf[..n]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1)
                 };
                 if upto == 0 {
                     break;
@@ -307,7 +315,10 @@ mod tests {
         let path = dir.join("a.log");
         let text: String = (1..=20000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&path, &text).unwrap();
-        assert_eq!(read_tail(&path, Some(2)).unwrap(), "line 19999\nline 20000\n");
+        assert_eq!(
+            read_tail(&path, Some(2)).unwrap(),
+            "line 19999\nline 20000\n"
+        );
         assert_eq!(read_tail(&path, Some(1)).unwrap(), "line 20000\n");
         assert_eq!(read_tail(&path, Some(50000)).unwrap(), text);
         std::fs::write(&path, "a\nb").unwrap();

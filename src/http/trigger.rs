@@ -28,7 +28,8 @@ pub struct TriggerHandler {
 pub fn parse_hook_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix(PATH_PREFIX)?;
     let (project, secret) = rest.split_once('/')?;
-    (!project.is_empty() && !secret.is_empty() && !secret.contains('/')).then_some((project, secret))
+    (!project.is_empty() && !secret.is_empty() && !secret.contains('/'))
+        .then_some((project, secret))
 }
 
 impl Handler for TriggerHandler {
@@ -97,7 +98,10 @@ mod tests {
 
     #[test]
     fn hook_paths() {
-        assert_eq!(parse_hook_path("/v1/integrations/deploy/site/abc"), Some(("site", "abc")));
+        assert_eq!(
+            parse_hook_path("/v1/integrations/deploy/site/abc"),
+            Some(("site", "abc"))
+        );
         assert_eq!(parse_hook_path("/v1/integrations/deploy/site/abc/"), None);
         assert_eq!(parse_hook_path("/v1/integrations/deploy/site"), None);
         assert_eq!(parse_hook_path("/v1/integrations/deploy//abc"), None);

@@ -1,0 +1,244 @@
+//! Builds: fresh checkout of the branch head, recorded commit, the build environment, logs,
+//! failures, timeouts, and directories removed whatever the outcome.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn builds_empty(d: &Daemon) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_dir(d.state_dir().join("builds"))
+            .map(|mut e| e.next().is_none())
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn a_job_builds_the_branch_head_and_records_the_commit() {
+    let s = setup(
+        "bready",
+        "cat version.txt && test \"$(cat version.txt)\" = two",
+        &[("version.txt", "one")],
+        "",
+    );
+    let head = s.repo.commit(&[("version.txt", "two")], "second");
+    let id = s.daemon.trigger(&s.path);
+    let job = s.daemon.wait_state(&id, "READY", T);
+    assert_eq!(job["commit"], head.as_str());
+    assert_eq!(job["exitCode"], 0);
+    assert_eq!(job["error"], serde_json::Value::Null);
+    assert!(job["startedAt"].as_u64().unwrap() >= job["createdAt"].as_u64().unwrap());
+    assert!(job["finishedAt"].as_u64().unwrap() >= job["startedAt"].as_u64().unwrap());
+    assert_eq!(
+        keys(&job),
+        [
+            "id",
+            "hookId",
+            "project",
+            "branch",
+            "state",
+            "createdAt",
+            "startedAt",
+            "finishedAt",
+            "commit",
+            "exitCode",
+            "error",
+            "canceledBy"
+        ]
+    );
+    let log = s.daemon.job_log(&id);
+    for needle in [
+        "[deployhook] $ git clone",
+        &format!("[deployhook] commit {head}"),
+        "[deployhook] $ sh -c",
+        "\ntwo",
+        "[deployhook] build exited with status 0",
+        "[deployhook] READY after",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in log:\n{log}");
+    }
+    assert!(builds_empty(&s.daemon));
+}
+
+#[test]
+fn the_build_sees_only_the_documented_environment() {
+    let dir = TempDir::new("benv");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let mut p = ProjectSpec::new(
+        "site",
+        &repo.path,
+        "env | sort > \"$OUT\"; pwd >> \"$OUT\"; ls -a >> \"$OUT\"",
+    );
+    let out = dir.path().join("env.txt");
+    p.env = vec![
+        ("OUT".into(), out.to_string_lossy().into()),
+        ("NODE_ENV".into(), "production".into()),
+    ];
+    let config = write_config(dir.path(), "", &[p]);
+    let d = Daemon::start_with_env(
+        &config,
+        &[
+            ("LEAKY_TOKEN", "s3cr3t"),
+            ("NOTIFY_SOCKET", "@nowhere"),
+            ("LISTEN_FDS", "0"),
+        ],
+    );
+    let (hook, path) = d.create_hook("site", "main");
+    let id = d.trigger(&path);
+    d.wait_state(&id, "READY", T);
+    let env = std::fs::read_to_string(&out).unwrap();
+    let names: Vec<&str> = env
+        .lines()
+        .take_while(|l| l.contains('='))
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    for expected in [
+        "PATH",
+        "HOME",
+        "LANG",
+        "NODE_ENV",
+        "OUT",
+        "DEPLOYHOOK_JOB_ID",
+        "DEPLOYHOOK_HOOK_ID",
+        "DEPLOYHOOK_HOOK_NAME",
+        "DEPLOYHOOK_PROJECT",
+        "DEPLOYHOOK_BRANCH",
+        "DEPLOYHOOK_COMMIT",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    for leaked in ["LEAKY_TOKEN", "NOTIFY_SOCKET", "LISTEN_FDS", "RUST_LOG"] {
+        assert!(!names.contains(&leaked), "{leaked} leaked into the build");
+    }
+    assert!(env.contains(&format!("DEPLOYHOOK_JOB_ID={id}\n")));
+    assert!(env.contains(&format!("DEPLOYHOOK_HOOK_ID={hook}\n")));
+    assert!(env.contains("DEPLOYHOOK_BRANCH=main\n"));
+    assert!(env.contains(&format!("DEPLOYHOOK_COMMIT={}\n", repo.head())));
+    // A fresh checkout under state_dir/builds, with the repository's files.
+    let cwd = env.lines().find(|l| l.starts_with('/')).unwrap();
+    assert!(
+        cwd.starts_with(&d.state_dir().join("builds").to_string_lossy().into_owned()),
+        "{cwd}"
+    );
+    assert!(env.lines().any(|l| l == "a"));
+}
+
+#[test]
+fn a_failing_build_is_error_with_its_exit_code() {
+    let s = setup("bfail", "echo about to fail; exit 3", &[("a", "1")], "");
+    let id = s.daemon.trigger(&s.path);
+    let job = s.daemon.wait_state(&id, "ERROR", T);
+    assert_eq!(job["exitCode"], 3);
+    assert_eq!(job["error"], "build exited with status 3");
+    assert!(s.daemon.job_log(&id).contains("about to fail"));
+    assert!(builds_empty(&s.daemon));
+}
+
+#[test]
+fn a_build_past_its_timeout_is_stopped_and_error() {
+    let dir = TempDir::new("btimeout");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let pidfile = dir.path().join("child.pid");
+    let mut p = ProjectSpec::new(
+        "site",
+        &repo.path,
+        &format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+    );
+    p.timeout_secs = 1;
+    let config = write_config(dir.path(), "", &[p]);
+    let d = Daemon::start(&config);
+    let (_, path) = d.create_hook("site", "main");
+    let id = d.trigger(&path);
+    let job = d.wait_state(&id, "ERROR", T);
+    assert_eq!(job["error"], "timed out after 1 s (timeout_secs)");
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!pid_alive(child), "the build's background process survived");
+    assert!(builds_empty(&d));
+}
+
+#[test]
+fn clone_failures_are_error_with_gits_message_in_the_log() {
+    let dir = TempDir::new("bclone");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let config = write_config(
+        dir.path(),
+        "",
+        &[
+            ProjectSpec::new("site", &repo.path, "true"),
+            ProjectSpec::new("gone", &dir.path().join("missing"), "true"),
+        ],
+    );
+    let d = Daemon::start(&config);
+    let (_, missing_branch) = d.create_hook("site", "no-such-branch");
+    let (_, missing_repo) = d.create_hook("gone", "main");
+    let a = d.trigger(&missing_branch);
+    let b = d.trigger(&missing_repo);
+    for id in [&a, &b] {
+        let job = d.wait_state(id, "ERROR", T);
+        assert!(
+            job["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("git clone failed"),
+            "{job}"
+        );
+        assert_eq!(job["commit"], serde_json::Value::Null);
+    }
+    assert!(
+        d.job_log(&a)
+            .contains("Remote branch no-such-branch not found"),
+        "{}",
+        d.job_log(&a)
+    );
+    assert!(
+        d.job_log(&b).contains("does not exist"),
+        "{}",
+        d.job_log(&b)
+    );
+    assert!(builds_empty(&d));
+}
+
+#[test]
+fn git_never_prompts() {
+    let dir = TempDir::new("bprompt");
+    let config = write_config(
+        dir.path(),
+        "",
+        &[ProjectSpec::new(
+            "site",
+            std::path::Path::new("http://127.0.0.1:9/private.git"),
+            "true",
+        )],
+    );
+    let d = Daemon::start(&config);
+    let (_, path) = d.create_hook("site", "main");
+    let id = d.trigger(&path);
+    d.wait_state(&id, "ERROR", T);
+}
+
+#[test]
+fn logs_are_capped_and_the_build_goes_on() {
+    let s = setup(
+        "bcap",
+        "head -c 5000 /dev/zero | tr '\\0' x; echo; echo \"after-$((40 + 2))\"",
+        &[("a", "1")],
+        "max_log_bytes = 2048",
+    );
+    let id = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&id, "READY", T);
+    let log = s.daemon.job_log(&id);
+    assert!(log.contains("log truncated"), "{log}");
+    assert!(!log.contains("after-42"));
+    assert!(log.contains("[deployhook] READY after"));
+    assert!(log.len() < 2048 + 1024, "{}", log.len());
+}

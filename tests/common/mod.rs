@@ -1,0 +1,521 @@
+//! Fixture for integration tests: temp dirs, real git repositories, and the real `deployhook`
+//! binary started on ephemeral loopback ports, stopped by PID when the test ends.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_deployhook");
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("dh-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@localhost")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@localhost")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A git repository with a `main` branch holding `files`.
+pub struct Repo {
+    pub path: PathBuf,
+}
+
+impl Repo {
+    pub fn new(dir: &Path, name: &str, files: &[(&str, &str)]) -> Repo {
+        let path = dir.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        git(&path, &["init", "-q", "--initial-branch=main"]);
+        let repo = Repo { path };
+        repo.commit(files, "initial");
+        repo
+    }
+
+    /// Writes `files` and commits them on the current branch; returns the commit id.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, text) in files {
+            let p = self.path.join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(p, text).unwrap();
+        }
+        git(&self.path, &["add", "-A"]);
+        git(
+            &self.path,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        git(&self.path, &["rev-parse", "HEAD"])
+    }
+}
+
+/// One project of a test config.
+pub struct ProjectSpec {
+    pub name: String,
+    pub repo: PathBuf,
+    pub build: String,
+    pub timeout_secs: u64,
+    pub env: Vec<(String, String)>,
+}
+
+impl ProjectSpec {
+    pub fn new(name: &str, repo: &Path, build: &str) -> ProjectSpec {
+        ProjectSpec {
+            name: name.into(),
+            repo: repo.to_path_buf(),
+            build: build.into(),
+            timeout_secs: 60,
+            env: Vec::new(),
+        }
+    }
+}
+
+pub fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// Writes a config for `projects` in `dir`; `extra` goes at the top level.
+pub fn write_config(dir: &Path, extra: &str, projects: &[ProjectSpec]) -> PathBuf {
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nstatus_listen = \"127.0.0.1:0\"\nadmin_socket = \"admin.sock\"\nstate_dir = \"state\"\nkill_grace_secs = 2\n{extra}\n"
+    );
+    for p in projects {
+        text.push_str(&format!(
+            "\n[projects.{}]\nrepo = {}\nbuild = {}\ntimeout_secs = {}\n",
+            p.name,
+            toml_str(&p.repo.to_string_lossy()),
+            toml_str(&p.build),
+            p.timeout_secs
+        ));
+        if !p.env.is_empty() {
+            let pairs: Vec<String> = p
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", toml_str(v)))
+                .collect();
+            text.push_str(&format!("env = {{ {} }}\n", pairs.join(", ")));
+        }
+    }
+    let path = dir.join("deployhook.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `deployhook serve`.
+pub struct Daemon {
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub public: SocketAddr,
+    pub status: SocketAddr,
+    /// Every stderr line of every run of this daemon.
+    pub log: Arc<Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon {
+            config: config.to_path_buf(),
+            dir: config.parent().unwrap().to_path_buf(),
+            child: None,
+            public: "127.0.0.1:1".parse().unwrap(),
+            status: "127.0.0.1:1".parse().unwrap(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("daemon starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" ready public=") {
+                    let _ = tx.send(line.clone());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        let pid = child.id();
+        self.child = Some(child);
+        let ready = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("daemon {pid} not ready:\n{}", self.log_text()));
+        let field = |name: &str| -> SocketAddr {
+            let start = ready.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            ready[start..].split(' ').next().unwrap().parse().unwrap()
+        };
+        self.public = field("public");
+        self.status = field("status");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the daemon's stderr has a line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log_text().contains(needle))
+    }
+
+    /// Sends a signal by PID.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        self.spawn();
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// Creates a hook; returns (hook id, URL path).
+    pub fn create_hook(&self, project: &str, branch: &str) -> (String, String) {
+        let out = self.cli(&[
+            "hooks",
+            "create",
+            "--project",
+            project,
+            "--name",
+            &format!("{project} {branch}"),
+            "--branch",
+            branch,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let url = v["url"].as_str().unwrap().to_string();
+        let path = url
+            .strip_prefix(&format!("http://{}", self.public))
+            .unwrap_or_else(|| panic!("url {url} on {}", self.public))
+            .to_string();
+        (v["hook"]["id"].as_str().unwrap().to_string(), path)
+    }
+
+    /// POSTs to a hook path; returns the job id.
+    pub fn trigger(&self, path: &str) -> String {
+        let resp = http(self.public, "POST", path, &[], b"");
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        resp.json()["job"]["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn job(&self, id: &str) -> Value {
+        let resp = http(self.status, "GET", &format!("/jobs/{id}"), &[], b"");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()["job"].clone()
+    }
+
+    pub fn job_log(&self, id: &str) -> String {
+        http(self.status, "GET", &format!("/jobs/{id}/log"), &[], b"").text()
+    }
+
+    /// Waits until the job is in `state`; panics with the job and the log otherwise.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let ok = wait_until(timeout, || {
+            last = self.job(id);
+            last["state"] == state
+        });
+        assert!(
+            ok,
+            "job {id} is not {state}: {last}\nlog:\n{}\ndaemon:\n{}",
+            self.job_log(id),
+            self.log_text()
+        );
+        last
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A parsed HTTP response.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    parse_response(&raw, method == "HEAD")
+}
+
+/// Parses a whole response (Content-Length or chunked).
+pub fn parse_response(raw: &[u8], head: bool) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head_text = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head_text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if head {
+        Vec::new()
+    } else if chunked {
+        let mut out = Vec::new();
+        let mut r = BufReader::new(rest);
+        loop {
+            let mut size = String::new();
+            if r.read_line(&mut size).unwrap() == 0 {
+                break;
+            }
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            out.extend_from_slice(&chunk[..n]);
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a process exists (zombies count as gone).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// A one-project setup: temp dir, repo, config, running daemon, one hook.
+pub struct Setup {
+    pub daemon: Daemon,
+    pub repo: Repo,
+    pub hook: String,
+    pub path: String,
+    pub dir: TempDir,
+}
+
+pub fn setup(tag: &str, build: &str, files: &[(&str, &str)], extra: &str) -> Setup {
+    let dir = TempDir::new(tag);
+    let repo = Repo::new(dir.path(), "repo", files);
+    let config = write_config(
+        dir.path(),
+        extra,
+        &[ProjectSpec::new("site", &repo.path, build)],
+    );
+    let daemon = Daemon::start(&config);
+    let (hook, path) = daemon.create_hook("site", "main");
+    Setup {
+        daemon,
+        repo,
+        hook,
+        path,
+        dir,
+    }
+}
+
+/// The keys of a JSON object, in order.
+pub fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}

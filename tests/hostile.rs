@@ -1,0 +1,214 @@
+//! Hostile input never crashes or wedges the daemon: each attack runs while a normal trigger
+//! must still be answered within a second and memory stays bounded.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Resident memory the daemon may reach during an attack.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+fn quick_trigger(s: &Setup) -> Duration {
+    let t0 = Instant::now();
+    let resp = http(s.daemon.public, "POST", &s.path, &[], b"");
+    let took = t0.elapsed();
+    assert_eq!(resp.status, 201);
+    assert!(
+        took < Duration::from_secs(1),
+        "trigger took {took:?} under attack"
+    );
+    took
+}
+
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_response(&out, false)
+}
+
+#[test]
+fn a_huge_content_length_is_refused_not_allocated() {
+    let s = setup("hhuge", "true", &[("a", "1")], "");
+    let req = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000000\r\n\r\nabc",
+        s.path
+    );
+    let r = raw(s.daemon.public, req.as_bytes());
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], "payload_too_large");
+    quick_trigger(&s);
+    assert!(rss_kib(s.daemon.pid()) < RSS_BOUND_KIB);
+}
+
+#[test]
+fn a_one_mebibyte_header_line_is_refused() {
+    let s = setup("hheader", "true", &[("a", "1")], "");
+    let mut stream = TcpStream::connect(s.daemon.public).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let big = "a".repeat(1024 * 1024);
+    let req = format!("GET {} HTTP/1.1\r\nX-Big: {big}\r\n\r\n", s.path);
+    let _ = stream.write_all(req.as_bytes()); // the server may close before reading it all
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let r = parse_response(&out, false);
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"]["code"], "header_too_large");
+    quick_trigger(&s);
+    assert!(rss_kib(s.daemon.pid()) < RSS_BOUND_KIB);
+}
+
+#[test]
+fn conflicting_content_lengths_are_a_400() {
+    let s = setup("hcl", "true", &[("a", "1")], "");
+    let req = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc",
+        s.path
+    );
+    let r = raw(s.daemon.public, req.as_bytes());
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "bad_request");
+    let req = format!("POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", s.path);
+    assert_eq!(raw(s.daemon.public, req.as_bytes()).status, 400);
+    // No job was made by either.
+    let list = http(s.daemon.status, "GET", "/jobs", &[], b"").json();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
+    quick_trigger(&s);
+}
+
+#[test]
+fn three_hundred_idle_connections_do_not_starve_triggers() {
+    let s = setup("hidle", "true", &[("a", "1")], "");
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(s.daemon.public).unwrap())
+        .collect();
+    // Half of them send a partial request head and stall.
+    for conn in idle.iter().step_by(2) {
+        let _ = (&*conn).write_all(b"POST /v1/integrations/deploy/site/x HTTP/1.1\r\nHost: x\r\n");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        quick_trigger(&s);
+    }
+    let rss = rss_kib(s.daemon.pid());
+    assert!(
+        rss < RSS_BOUND_KIB,
+        "rss {rss} KiB with 300 idle connections"
+    );
+    drop(idle);
+}
+
+#[test]
+fn a_client_sending_one_byte_a_second_is_cut_off() {
+    let s = setup("hslow", "true", &[("a", "1")], "");
+    let addr = s.daemon.public;
+    let slow = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let head = b"POST /v1/integrations/deploy/site/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        let t0 = Instant::now();
+        let mut answer = Vec::new();
+        for &b in head
+            .iter()
+            .chain(b"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz".iter())
+        {
+            if stream.write_all(&[b]).is_err() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            if let Ok(n) = stream.read(&mut buf) {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(950));
+            if t0.elapsed() > Duration::from_secs(25) {
+                break;
+            }
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.read_to_end(&mut answer);
+        (t0.elapsed(), answer)
+    });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        quick_trigger(&s);
+    }
+    let (took, answer) = slow.join().unwrap();
+    let r = parse_response(&answer, false);
+    assert_eq!(r.status, 408);
+    assert!(took < Duration::from_secs(14), "cut off after {took:?}");
+}
+
+#[test]
+fn connections_past_the_limit_are_answered_503_and_the_daemon_survives() {
+    let s = setup("hlimit", "true", &[("a", "1")], "");
+    let conns: Vec<TcpStream> = (0..560)
+        .filter_map(|_| TcpStream::connect(s.daemon.public).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut busy = 0;
+    for c in conns.iter().rev().take(20) {
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = (&*c).read_to_end(&mut buf);
+        if buf.starts_with(b"HTTP/1.1 503") {
+            busy += 1;
+        }
+    }
+    assert!(busy > 0, "no connection over the limit was refused");
+    drop(conns);
+    assert!(wait_until(Duration::from_secs(5), || http(
+        s.daemon.public,
+        "POST",
+        &s.path,
+        &[],
+        b""
+    )
+    .status
+        == 201));
+}
+
+#[test]
+fn keep_alive_serves_several_requests_and_a_chunked_body_is_drained() {
+    let s = setup("hkeep", "true", &[("a", "1")], "");
+    let mut stream = TcpStream::connect(s.daemon.public).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let req = format!(
+        "POST {p} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\nGET {p} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        p = s.path
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 201 Created").count(), 3, "{text}");
+}
+
+#[test]
+fn garbage_requests_get_json_errors() {
+    let s = setup("hgarbage", "true", &[("a", "1")], "");
+    for (req, status) in [
+        (&b"NOT A REQUEST\r\n\r\n"[..], 400),
+        (b"GET /x HTTP/2.0\r\n\r\n", 505),
+        (b"GET http://x/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n", 400),
+    ] {
+        let r = raw(s.daemon.public, req);
+        assert_eq!(r.status, status, "{:?}", String::from_utf8_lossy(req));
+        assert!(r.json()["error"]["code"].is_string());
+    }
+    quick_trigger(&s);
+}

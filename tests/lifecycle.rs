@@ -1,0 +1,195 @@
+//! Crash, stop and reload: nothing acknowledged is lost, interrupted builds start over,
+//! SIGTERM stops in time, SIGHUP reloads projects or keeps the old config.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn kill_9_loses_no_acknowledged_job_and_interrupted_builds_start_over() {
+    let dir = TempDir::new("lkill");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let pidfile = dir.path().join("pid");
+    // The first attempt of each job records its pid and hangs; a restarted one finishes.
+    let build = format!("if [ -e {p}.$DEPLOYHOOK_JOB_ID ]; then echo second attempt; exit 0; fi; touch {p}.$DEPLOYHOOK_JOB_ID; echo $$ > {p}; sleep 300", p = pidfile.display());
+    let mut hooks = Vec::new();
+    let projects: Vec<ProjectSpec> = (0..3)
+        .map(|i| ProjectSpec::new(&format!("p{i}"), &repo.path, &build))
+        .collect();
+    let config = write_config(dir.path(), "workers = 3", &projects);
+    let mut d = Daemon::start(&config);
+    for i in 0..3 {
+        hooks.push(d.create_hook(&format!("p{i}"), "main").1);
+    }
+    let building = d.trigger(&hooks[0]);
+    d.wait_state(&building, "BUILDING", T);
+    assert!(wait_until(T, || pidfile.exists()));
+    let orphan: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Concurrent triggers, then kill -9 while they are being answered.
+    let addr = d.public;
+    let workers: Vec<_> = (0..6)
+        .map(|t| {
+            let path = hooks[1 + t % 2].clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for _ in 0..30 {
+                    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                        break;
+                    };
+                    use std::io::{Read, Write};
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    if s.write_all(
+                        format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .is_err()
+                    {
+                        break;
+                    }
+                    let mut raw = Vec::new();
+                    let _ = s.read_to_end(&mut raw);
+                    if raw.starts_with(b"HTTP/1.1 201") {
+                        let r = parse_response(&raw, false);
+                        acked.push(r.json()["job"]["id"].as_str().unwrap().to_string());
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    d.kill9();
+    let acked: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        !acked.is_empty(),
+        "no trigger was acknowledged before the kill"
+    );
+    // A leftover build directory from the killed daemon.
+    let builds = d.state_dir().join("builds");
+    assert!(std::fs::read_dir(&builds).unwrap().next().is_some());
+
+    d.restart();
+    for id in &acked {
+        let job = d.job(id);
+        assert_ne!(
+            job["state"],
+            serde_json::Value::Null,
+            "acknowledged job {id} lost"
+        );
+    }
+    // The build that was running when the daemon died starts over, after its old process is gone.
+    let job = d.wait_state(&building, "READY", T);
+    assert_eq!(job["exitCode"], 0);
+    assert!(!pid_alive(orphan), "the killed daemon's build kept running");
+    let log = d.job_log(&building);
+    assert!(log.contains("restarting from scratch (attempt 2)"), "{log}");
+    assert!(log.contains("second attempt"));
+    // The newest acknowledged job of each hook completes.
+    let last = acked.last().unwrap();
+    let state = d.job(last)["state"].clone();
+    assert!(
+        state == "READY" || state == "PENDING" || state == "BUILDING" || state == "CANCELED",
+        "{state}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_dir(d.state_dir())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("builds.stale"))
+    }));
+}
+
+#[test]
+fn sigterm_stops_builds_in_time_and_they_run_after_the_restart() {
+    let dir = TempDir::new("lterm");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let marker = dir.path().join("attempts");
+    // Ignores SIGTERM so that the grace period is used in full, then SIGKILL ends it.
+    let build = format!("echo x >> {m}; if [ $(wc -l < {m}) -ge 2 ]; then exit 0; fi; trap '' TERM; sleep 300 & wait; sleep 300", m = marker.display());
+    let config = write_config(
+        dir.path(),
+        "",
+        &[ProjectSpec::new("site", &repo.path, &build)],
+    );
+    let mut d = Daemon::start(&config);
+    let (_, path) = d.create_hook("site", "main");
+    let id = d.trigger(&path);
+    d.wait_state(&id, "BUILDING", T);
+    assert!(wait_until(T, || marker.exists()));
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    d.signal("TERM");
+    let code = d.wait_exit(Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert_eq!(code, Some(0), "{}", d.log_text());
+    // kill_grace_secs = 2 in test configs: at least the grace, at most grace + 2 s.
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(!dir.path().join("admin.sock").exists());
+    d.restart();
+    let job = d.wait_state(&id, "READY", T);
+    assert_eq!(job["canceledBy"], serde_json::Value::Null);
+    assert!(d.job_log(&id).contains("stopped by daemon shutdown"));
+}
+
+#[test]
+fn sigterm_with_nothing_running_exits_at_once() {
+    let s = setup("lidle", "true", &[("a", "1")], "");
+    let mut d = s.daemon;
+    let t0 = Instant::now();
+    d.signal("INT");
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn sighup_reloads_projects_and_refuses_an_invalid_config() {
+    let dir = TempDir::new("lhup");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let config = write_config(
+        dir.path(),
+        "",
+        &[ProjectSpec::new("site", &repo.path, "echo build-one")],
+    );
+    let d = Daemon::start(&config);
+    let (_, path) = d.create_hook("site", "main");
+    let first = d.trigger(&path);
+    d.wait_state(&first, "READY", T);
+
+    write_config(
+        dir.path(),
+        "",
+        &[ProjectSpec::new("site", &repo.path, "echo build-two")],
+    );
+    d.signal("HUP");
+    assert!(d.wait_log("config reloaded", Duration::from_secs(5)));
+    let second = d.trigger(&path);
+    d.wait_state(&second, "READY", T);
+    assert!(d.job_log(&second).contains("\nbuild-two\n"));
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\nbogus_key = 1\n")).unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log("config reload refused", Duration::from_secs(5)),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("bogus_key"));
+    let third = d.trigger(&path);
+    d.wait_state(&third, "READY", T);
+    assert!(d.job_log(&third).contains("\nbuild-two\n"));
+}

@@ -1,0 +1,261 @@
+//! Hook URLs: creation, the trigger contract, identical 404s, 405s, revocation, and secrets that
+//! never reach the journal, the logs or the listings.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn get_and_post_answer_201_with_exactly_the_job() {
+    let s = setup("t201", "true", &[("a", "1")], "");
+    for method in ["GET", "POST"] {
+        let resp = http(s.daemon.public, method, &s.path, &[], b"");
+        assert_eq!(resp.status, 201, "{method}: {}", resp.text());
+        let body = resp.text();
+        assert!(body.starts_with("{\"job\":{\"id\":\""), "{body}");
+        let v = resp.json();
+        let job = v["job"].as_object().unwrap();
+        assert_eq!(keys(&v["job"]), ["id", "state", "createdAt"]);
+        assert_eq!(job["state"], "PENDING");
+        let id = job["id"].as_str().unwrap();
+        assert_eq!(id.len(), 20);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert!(job["createdAt"].as_u64().unwrap() > 1_600_000_000_000);
+        assert_eq!(resp.header("Content-Type"), Some("application/json"));
+        assert_eq!(resp.header("Cache-Control"), Some("no-store"));
+        assert_eq!(resp.header("Referrer-Policy"), Some("no-referrer"));
+        // Acknowledged means durable: the status side sees it at once.
+        assert_eq!(s.daemon.job(id)["hookId"], s.hook.as_str());
+    }
+}
+
+#[test]
+fn a_body_and_a_query_string_are_ignored() {
+    let s = setup("tbody", "true", &[("a", "1")], "");
+    let resp = http(
+        s.daemon.public,
+        "POST",
+        &s.path,
+        &[("Content-Type", "application/json")],
+        br#"{"ref":"x"}"#,
+    );
+    assert_eq!(resp.status, 201);
+    let resp = http(
+        s.daemon.public,
+        "POST",
+        &format!("{}?buildCache=false", s.path),
+        &[],
+        b"",
+    );
+    assert_eq!(resp.status, 201);
+}
+
+#[test]
+fn every_failed_lookup_gets_the_same_404() {
+    let dir = TempDir::new("t404");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let config = write_config(
+        dir.path(),
+        "",
+        &[
+            ProjectSpec::new("site", &repo.path, "true"),
+            ProjectSpec::new("blog", &repo.path, "true"),
+        ],
+    );
+    let d = Daemon::start(&config);
+    let (hook, path) = d.create_hook("site", "main");
+    let secret = path.rsplit('/').next().unwrap().to_string();
+    let unknown = http(
+        d.public,
+        "POST",
+        "/v1/integrations/deploy/site/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        &[],
+        b"",
+    );
+    let malformed = http(
+        d.public,
+        "POST",
+        "/v1/integrations/deploy/site/short",
+        &[],
+        b"",
+    );
+    let wrong_project = http(
+        d.public,
+        "POST",
+        &format!("/v1/integrations/deploy/blog/{secret}"),
+        &[],
+        b"",
+    );
+    let out = d.cli(&["hooks", "revoke", &hook]);
+    assert!(out.status.success());
+    let revoked = http(d.public, "POST", &path, &[], b"");
+    let reference = unknown.body.clone();
+    for r in [&unknown, &malformed, &wrong_project, &revoked] {
+        assert_eq!(r.status, 404);
+        assert_eq!(r.body, reference, "byte-identical bodies");
+        assert_eq!(r.header("Cache-Control"), Some("no-store"));
+    }
+    assert_eq!(unknown.json()["error"]["code"], "not_found");
+}
+
+#[test]
+fn other_methods_get_405_before_the_secret_is_looked_at() {
+    let s = setup("t405", "true", &[("a", "1")], "");
+    let fake = "/v1/integrations/deploy/site/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for method in ["PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] {
+        for path in [s.path.as_str(), fake] {
+            let r = http(s.daemon.public, method, path, &[], b"");
+            assert_eq!(r.status, 405, "{method} {path}");
+            assert_eq!(r.header("Allow"), Some("GET, POST"));
+            if method != "HEAD" {
+                assert_eq!(r.json()["error"]["code"], "method_not_allowed");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_revoked_hook_is_dead_at_once_and_gone_from_the_list() {
+    let s = setup("trevoke", "true", &[("a", "1")], "");
+    s.daemon.trigger(&s.path);
+    let out = s.daemon.cli(&["hooks", "revoke", &s.hook]);
+    assert!(out.status.success());
+    assert_eq!(http(s.daemon.public, "POST", &s.path, &[], b"").status, 404);
+    let out = s.daemon.cli(&["hooks", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hooks"].as_array().unwrap().len(), 0);
+    let again = s.daemon.cli(&["hooks", "revoke", &s.hook]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no hook with id"));
+}
+
+#[test]
+fn hooks_list_shows_the_hook_fields_and_never_a_secret() {
+    let s = setup("tlist", "true", &[("a", "1")], "");
+    let secret = s.path.rsplit('/').next().unwrap().to_string();
+    s.daemon.trigger(&s.path);
+    let out = s.daemon.cli(&["hooks", "list", "--json"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains(&secret));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hook = &v["hooks"][0];
+    assert_eq!(
+        keys(&hook),
+        [
+            "id",
+            "name",
+            "project",
+            "branch",
+            "createdAt",
+            "lastTriggeredAt"
+        ]
+    );
+    assert_eq!(hook["id"], s.hook.as_str());
+    assert!(hook["lastTriggeredAt"].as_u64().is_some());
+    let table = s.daemon.cli(&["hooks", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&s.hook) && !table.contains(&secret));
+}
+
+#[test]
+fn the_secret_is_stored_only_as_a_hash_and_never_logged() {
+    let s = setup("tsecret", "true", &[("a", "1")], "");
+    let secret = s.path.rsplit('/').next().unwrap().to_string();
+    let job = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&job, "READY", Duration::from_secs(30));
+    assert!(s.daemon.wait_log(
+        &format!("trigger hook={} job={job} status=201", s.hook),
+        Duration::from_secs(5)
+    ));
+    assert!(!s.daemon.log_text().contains(&secret));
+    let journal = std::fs::read(s.daemon.state_dir().join("journal.redb")).unwrap();
+    assert!(!journal
+        .windows(secret.len())
+        .any(|w| w == secret.as_bytes()));
+    let log =
+        std::fs::read_to_string(s.daemon.state_dir().join(format!("logs/{job}.log"))).unwrap();
+    assert!(!log.contains(&secret));
+}
+
+#[test]
+fn creating_a_hook_checks_project_branch_and_name() {
+    let s = setup("tcreate", "true", &[("a", "1")], "");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--project", "nope", "--name", "x", "--branch", "main"],
+            "unknown project `nope`",
+        ),
+        (
+            &["--project", "site", "--name", "x", "--branch", "bad..name"],
+            "not a valid branch name",
+        ),
+        (
+            &["--project", "site", "--name", "x", "--branch=-rf"],
+            "not a valid branch name",
+        ),
+        (
+            &["--project", "site", "--name", "", "--branch", "main"],
+            "1 to 100 characters",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["hooks", "create"];
+        full.extend_from_slice(args);
+        let out = s.daemon.cli(&full);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let long = "n".repeat(101);
+    let out = s.daemon.cli(&[
+        "hooks",
+        "create",
+        "--project",
+        "site",
+        "--name",
+        &long,
+        "--branch",
+        "main",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    // The plain form prints the URL alone on stdout.
+    let out = s.daemon.cli(&[
+        "hooks",
+        "create",
+        "--project",
+        "site",
+        "--name",
+        "CMS",
+        "--branch",
+        "main",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(stdout.starts_with(&format!(
+        "http://{}/v1/integrations/deploy/site/",
+        s.daemon.public
+    )));
+}
+
+#[test]
+fn the_admin_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup("tsock", "true", &[("a", "1")], "");
+    let mode = std::fs::metadata(s.dir.path().join("admin.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn the_admin_socket_can_be_shared_with_a_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = setup("tsockgrp", "true", &[("a", "1")], "admin_group = \"root\"");
+    let meta = std::fs::metadata(s.dir.path().join("admin.sock")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 0);
+}
