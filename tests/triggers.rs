@@ -142,7 +142,7 @@ fn hooks_list_shows_the_hook_fields_and_never_a_secret() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let hook = &v["hooks"][0];
     assert_eq!(
-        keys(&hook),
+        keys(hook),
         [
             "id",
             "name",
