@@ -295,8 +295,13 @@ pub struct Writer {
     last_reopen: Option<Instant>,
 }
 
+/// redb's page cache; its default may grow to 1 GiB, more than a small daemon should hold.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 fn open_database(path: &Path) -> Result<Database, JournalError> {
-    Ok(Database::create(path)?)
+    Ok(redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?)
 }
 
 impl Journal {

@@ -1,0 +1,137 @@
+//! Trigger throughput and latency over loopback, with 1 and 64 concurrent keep-alive clients,
+//! and how many triggers share one journal commit (group commit).
+//!
+//! Baseline, measured in the same run: the same request to a secret that does not exist, which
+//! goes through the same connection layer and a journal read but no commit. The ratio shows
+//! what durability costs. Run with `cargo bench --bench triggers`; it prints figures and asserts
+//! nothing.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const RUN: Duration = Duration::from_secs(4);
+
+struct Figures {
+    requests: usize,
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    statuses: Vec<u16>,
+}
+
+/// One keep-alive client sending `path` until `until`; returns latencies and statuses.
+fn client(addr: SocketAddr, path: String, until: Instant) -> (Vec<Duration>, Vec<u16>) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let req = format!("POST {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let (mut lat, mut statuses) = (Vec::new(), Vec::new());
+    while Instant::now() < until {
+        let t0 = Instant::now();
+        writer.write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        lat.push(t0.elapsed());
+        statuses.push(status);
+    }
+    (lat, statuses)
+}
+
+fn load(addr: SocketAddr, paths: &[String], clients: usize) -> Figures {
+    let until = Instant::now() + RUN;
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let path = paths[i % paths.len()].clone();
+            std::thread::spawn(move || client(addr, path, until))
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut statuses = Vec::new();
+    for t in threads {
+        let (l, s) = t.join().unwrap();
+        lat.extend(l);
+        statuses.extend(s);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    statuses.sort();
+    statuses.dedup();
+    Figures {
+        requests: lat.len(),
+        per_sec: lat.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        statuses,
+    }
+}
+
+fn metric(d: &Daemon, name: &str) -> f64 {
+    let text = http(d.status, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    let dir = TempDir::new("bench-triggers");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let config = write_config(dir.path(), "workers = 2", &[ProjectSpec::new("site", &repo.path, "true")]);
+    let d = Daemon::start(&config);
+    let hooks: Vec<String> = (0..64).map(|_| d.create_hook("site", "main").1).collect();
+    let missing = vec!["/v1/integrations/deploy/site/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string()];
+
+    println!("deployhook trigger benchmark: {} s per row, loopback, keep-alive clients", RUN.as_secs());
+    println!("{:<34} {:>8} {:>10} {:>10} {:>10} {:>10}", "case", "clients", "req/s", "p50", "p99", "vs base");
+    for clients in [1, 64] {
+        let base = load(d.public, &missing, clients);
+        assert_eq!(base.statuses, [404]);
+        let (c0, o0) = (metric(&d, "deployhook_journal_commits_total"), metric(&d, "deployhook_journal_ops_total"));
+        let trig = load(d.public, &hooks, clients);
+        let (c1, o1) = (metric(&d, "deployhook_journal_commits_total"), metric(&d, "deployhook_journal_ops_total"));
+        assert_eq!(trig.statuses, [201]);
+        for (name, f, ratio) in [("baseline: unknown secret (no commit)", &base, 1.0), ("durable trigger", &trig, trig.per_sec / base.per_sec)] {
+            println!(
+                "{:<34} {:>8} {:>10.0} {:>8.2}ms {:>8.2}ms {:>9.2}x",
+                name,
+                clients,
+                f.per_sec,
+                f.p50.as_secs_f64() * 1e3,
+                f.p99.as_secs_f64() * 1e3,
+                ratio
+            );
+        }
+        let commits = c1 - c0;
+        println!(
+            "  {} clients: {} triggers, {} journal commits, {:.1} ops per commit (ops include build start/finish)",
+            clients,
+            trig.requests,
+            commits,
+            (o1 - o0) / commits.max(1.0)
+        );
+    }
+    println!("journal file: {} KiB, daemon RSS: {} KiB", std::fs::metadata(d.state_dir().join("journal.redb")).map(|m| m.len() / 1024).unwrap_or(0), rss_kib(d.pid()));
+}
