@@ -99,21 +99,40 @@ fn metric(d: &Daemon, name: &str) -> f64 {
 fn main() {
     let dir = TempDir::new("bench-triggers");
     let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
-    let config = write_config(dir.path(), "workers = 2", &[ProjectSpec::new("site", &repo.path, "true")]);
+    let config = write_config(
+        dir.path(),
+        "workers = 2",
+        &[ProjectSpec::new("site", &repo.path, "true")],
+    );
     let d = Daemon::start(&config);
     let hooks: Vec<String> = (0..64).map(|_| d.create_hook("site", "main").1).collect();
     let missing = vec!["/v1/integrations/deploy/site/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string()];
 
-    println!("deployhook trigger benchmark: {} s per row, loopback, keep-alive clients", RUN.as_secs());
-    println!("{:<34} {:>8} {:>10} {:>10} {:>10} {:>10}", "case", "clients", "req/s", "p50", "p99", "vs base");
+    println!(
+        "deployhook trigger benchmark: {} s per row, loopback, keep-alive clients",
+        RUN.as_secs()
+    );
+    println!(
+        "{:<34} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "case", "clients", "req/s", "p50", "p99", "vs base"
+    );
     for clients in [1, 64] {
         let base = load(d.public, &missing, clients);
         assert_eq!(base.statuses, [404]);
-        let (c0, o0) = (metric(&d, "deployhook_journal_commits_total"), metric(&d, "deployhook_journal_ops_total"));
+        let (c0, o0) = (
+            metric(&d, "deployhook_journal_commits_total"),
+            metric(&d, "deployhook_journal_ops_total"),
+        );
         let trig = load(d.public, &hooks, clients);
-        let (c1, o1) = (metric(&d, "deployhook_journal_commits_total"), metric(&d, "deployhook_journal_ops_total"));
+        let (c1, o1) = (
+            metric(&d, "deployhook_journal_commits_total"),
+            metric(&d, "deployhook_journal_ops_total"),
+        );
         assert_eq!(trig.statuses, [201]);
-        for (name, f, ratio) in [("baseline: unknown secret (no commit)", &base, 1.0), ("durable trigger", &trig, trig.per_sec / base.per_sec)] {
+        for (name, f, ratio) in [
+            ("baseline: unknown secret (no commit)", &base, 1.0),
+            ("durable trigger", &trig, trig.per_sec / base.per_sec),
+        ] {
             println!(
                 "{:<34} {:>8} {:>10.0} {:>8.2}ms {:>8.2}ms {:>9.2}x",
                 name,
@@ -133,5 +152,11 @@ fn main() {
             (o1 - o0) / commits.max(1.0)
         );
     }
-    println!("journal file: {} KiB, daemon RSS: {} KiB", std::fs::metadata(d.state_dir().join("journal.redb")).map(|m| m.len() / 1024).unwrap_or(0), rss_kib(d.pid()));
+    println!(
+        "journal file: {} KiB, daemon RSS: {} KiB",
+        std::fs::metadata(d.state_dir().join("journal.redb"))
+            .map(|m| m.len() / 1024)
+            .unwrap_or(0),
+        rss_kib(d.pid())
+    );
 }

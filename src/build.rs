@@ -634,12 +634,18 @@ pub fn kill_by_job_id(job_id: &str) {
     }
 }
 
-/// Removes finished build directories off the build threads' critical path.
-pub fn janitor(dirs: Receiver<PathBuf>) {
-    for dir in dirs {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+/// Removes finished build directories and pruned logs off the critical path of builds and
+/// triggers.
+pub fn janitor(paths: Receiver<PathBuf>) {
+    for path in paths {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
             if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove {}: {e}", dir.display());
+                log::warn!("cannot remove {}: {e}", path.display());
             }
         }
     }

@@ -30,8 +30,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often retention runs.
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// How often retention runs; while a run finds more than one op may remove, it goes on at once.
+const PRUNE_EVERY: Duration = Duration::from_secs(2);
 /// Extra time, past the kill grace, that shutdown waits for build threads.
 const SHUTDOWN_SLACK: Duration = Duration::from_millis(1500);
 
@@ -137,6 +137,28 @@ fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalEr
     Ok(open.len())
 }
 
+/// Retention: removes each hook's finished jobs past `keep_jobs` (their logs go to the
+/// janitor through the commit callback), in bounded steps so triggers never wait long.
+fn prune_forever(journal: &Journal, shared: &RwLock<Arc<Config>>) {
+    loop {
+        std::thread::sleep(PRUNE_EVERY);
+        loop {
+            let keep = shared
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keep_jobs;
+            match journal.submit(Op::Prune { keep }) {
+                Ok(Outcome::Pruned(ids)) if ids.len() >= crate::journal::MAX_PRUNE_PER_OP => {}
+                Ok(_) => break,
+                Err(e) => {
+                    log::warn!("retention skipped: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// What the journal writer tells the rest of the daemon after each commit.
 fn on_commit(
     events: Sender<Event>,
@@ -155,6 +177,7 @@ fn on_commit(
                 superseded: superseded.as_ref().map(|(id, _)| id.clone()),
             });
         }
+        Outcome::Started(_) => metrics.job_entered(JobState::Building),
         Outcome::Finished(row) => metrics.job_entered(row.job.state),
         Outcome::Pruned(ids) => {
             for id in ids {
@@ -259,14 +282,7 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
     drop(pool_rx);
     {
         let (journal, shared) = (journal.clone(), shared.clone());
-        spawn("pruner", move || loop {
-            std::thread::sleep(PRUNE_EVERY);
-            let keep = shared
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .keep_jobs;
-            journal.submit_detached(Op::Prune { keep });
-        })?;
+        spawn("pruner", move || prune_forever(&journal, &shared))?;
     }
 
     let mut public = Listener::start(

@@ -30,7 +30,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 const HOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("hooks");
@@ -53,7 +53,7 @@ const READERS_DRAIN: Duration = Duration::from_secs(2);
 /// Most ops one commit takes; more wait for the next commit.
 const MAX_BATCH: usize = 4096;
 /// Most jobs one prune op removes, so retention never makes one huge transaction.
-const MAX_PRUNE_PER_OP: usize = 2000;
+pub const MAX_PRUNE_PER_OP: usize = 5000;
 /// Most index entries one listing scans when a filter skips rows.
 const MAX_LIST_SCAN: usize = 20_000;
 
@@ -211,6 +211,7 @@ pub enum Outcome {
     HookCreated,
     HookRevoked,
     Started(JobRow),
+    CommitSet,
     Finished(JobRow),
     Requeued,
     Pruned(Vec<String>),
@@ -260,11 +261,38 @@ impl From<serde_json::Error> for JournalError {
     }
 }
 
-type Reply = Sender<Result<Outcome, JournalError>>;
+/// Where the writer puts one op's result for the thread waiting on it. A mutex and condvar
+/// rather than a channel: a channel's receiver spins and yields before it sleeps, and with
+/// dozens of request threads waiting on commits that yielding starves the writer of CPU.
+#[derive(Default)]
+struct ReplySlot {
+    value: Mutex<Option<Result<Outcome, JournalError>>>,
+    ready: Condvar,
+}
+
+impl ReplySlot {
+    fn put(&self, value: Result<Outcome, JournalError>) {
+        *self.value.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Result<Outcome, JournalError> {
+        let mut guard = self.value.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(value) = guard.take() {
+                return value;
+            }
+            guard = self
+                .ready
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
 
 struct Pending {
     op: Op,
-    reply: Option<Reply>,
+    reply: Arc<ReplySlot>,
 }
 
 /// Figures the writer reports after each commit.
@@ -341,21 +369,14 @@ impl Journal {
 
     /// Sends `op` to the writer and waits until it is committed (or failed).
     pub fn submit(&self, op: Op) -> Result<Outcome, JournalError> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let reply = Arc::new(ReplySlot::default());
         self.tx
             .send(Pending {
                 op,
-                reply: Some(reply),
+                reply: reply.clone(),
             })
             .map_err(|_| JournalError("the journal writer has stopped".into()))?;
-        answer
-            .recv()
-            .map_err(|_| JournalError("the journal writer has stopped".into()))?
-    }
-
-    /// Sends `op` without waiting; its outcome still reaches the commit callback.
-    pub fn submit_detached(&self, op: Op) {
-        let _ = self.tx.send(Pending { op, reply: None });
+        reply.take()
     }
 
     /// Size of the journal file in bytes.
@@ -573,17 +594,13 @@ impl Writer {
                 Ok(outcomes) => {
                     for (pending, outcome) in batch.into_iter().zip(outcomes) {
                         on_commit(&outcome);
-                        if let Some(reply) = pending.reply {
-                            let _ = reply.send(Ok(outcome));
-                        }
+                        pending.reply.put(Ok(outcome));
                     }
                 }
                 Err(err) => {
                     log::error!("journal commit failed, {} ops refused: {err}", batch.len());
                     for pending in batch {
-                        if let Some(reply) = pending.reply {
-                            let _ = reply.send(Err(err.clone()));
-                        }
+                        pending.reply.put(Err(err.clone()));
                     }
                 }
             }
@@ -676,7 +693,7 @@ impl<'t> Tables<'t> {
                     return None;
                 }
                 row.job.commit = Some(commit.clone());
-                Some(Outcome::Started(row.clone()))
+                Some(Outcome::CommitSet)
             }),
             Op::Finish {
                 job_id,

@@ -1,23 +1,11 @@
 //! deployhook: self-hosted deploy hooks. This file only parses the command line and turns each
 //! command's result into an exit status; see DESIGN.md for the architecture.
 
-mod build;
-mod client;
-mod config;
-mod daemon;
-mod demo;
-mod http;
-mod journal;
-mod logging;
-mod metrics;
-mod notify;
-mod scheduler;
-mod secret;
-mod sys;
-
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use deployhook::{client, config, daemon, demo, logging};
 
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;

@@ -48,7 +48,6 @@ pub fn reloading() {
     send_logged(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
 }
 
-#[allow(dead_code)] // used by the watchdog thread (systemd issue)
 pub fn watchdog() {
     send_logged("WATCHDOG=1");
 }

@@ -53,17 +53,7 @@ fn a_body_and_a_query_string_are_ignored() {
 
 #[test]
 fn every_failed_lookup_gets_the_same_404() {
-    let dir = TempDir::new("t404");
-    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
-    let config = write_config(
-        dir.path(),
-        "",
-        &[
-            ProjectSpec::new("site", &repo.path, "true"),
-            ProjectSpec::new("blog", &repo.path, "true"),
-        ],
-    );
-    let d = Daemon::start(&config);
+    let (_dir, _repo, d) = start_projects("t404", &[("site", "true"), ("blog", "true")], "");
     let (hook, path) = d.create_hook("site", "main");
     let secret = path.rsplit('/').next().unwrap().to_string();
     let unknown = http(

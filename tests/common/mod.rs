@@ -519,3 +519,20 @@ pub fn keys(v: &Value) -> Vec<&str> {
         .map(String::as_str)
         .collect()
 }
+
+/// A daemon over several projects sharing one repository: `(name, build)` pairs.
+pub fn start_projects(
+    tag: &str,
+    projects: &[(&str, &str)],
+    extra: &str,
+) -> (TempDir, Repo, Daemon) {
+    let dir = TempDir::new(tag);
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let specs: Vec<ProjectSpec> = projects
+        .iter()
+        .map(|(name, build)| ProjectSpec::new(name, &repo.path, build))
+        .collect();
+    let config = write_config(dir.path(), extra, &specs);
+    let daemon = Daemon::start(&config);
+    (dir, repo, daemon)
+}

@@ -1,0 +1,17 @@
+//! deployhook as a library: the modules behind the `deployhook` binary, public so that
+//! benchmarks and fault tests can drive the journal and the scheduler directly. DESIGN.md holds
+//! the architecture; `main.rs` only dispatches the command line.
+
+pub mod build;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod http;
+pub mod journal;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod scheduler;
+pub mod secret;
+mod sys;
