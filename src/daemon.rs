@@ -188,8 +188,38 @@ fn on_commit(
     }
 }
 
-fn bind_tcp(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, DaemonError> {
+/// The listener for `addr`: a socket systemd passed with that address, else a new one.
+fn listener_for(
+    addr: std::net::SocketAddr,
+    what: &str,
+    inherited: &mut Vec<TcpListener>,
+) -> Result<TcpListener, DaemonError> {
+    if let Some(i) = inherited
+        .iter()
+        .position(|l| l.local_addr().is_ok_and(|a| a == addr))
+    {
+        log::info!("{what}: using the socket systemd passed for {addr}");
+        return Ok(inherited.swap_remove(i));
+    }
     TcpListener::bind(addr).map_err(|e| startup(format!("cannot listen on {addr} ({what})"), e))
+}
+
+/// Pings systemd's watchdog every half interval, but only after the journal writer and the
+/// scheduler have answered: a wedged daemon stops pinging and systemd restarts it.
+fn watchdog(interval: Duration, journal: Journal, events: Sender<Event>) {
+    let half = interval / 2;
+    loop {
+        std::thread::sleep(half);
+        // Any answer, even "disk full", shows the writer thread is alive.
+        let _ = journal.submit(Op::Probe);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let scheduler_alive = events.send(Event::Ping(tx)).is_ok() && rx.recv_timeout(half).is_ok();
+        if scheduler_alive {
+            notify::watchdog();
+        } else {
+            log::error!("watchdog: the scheduler does not answer; not pinging systemd");
+        }
+    }
 }
 
 /// With port 0 (any free port) the real addresses are only known once bound; the default
@@ -206,6 +236,9 @@ fn adopt_bound_addresses(config: &mut Config, public: &TcpListener, status: &Tcp
 }
 
 pub fn run(mut config: Config) -> Result<(), DaemonError> {
+    // First, while no other thread exists: these read and clear process-wide state.
+    let mut inherited = crate::sys::take_listen_fds();
+    let watchdog_interval = notify::watchdog_interval();
     crate::sys::raise_nofile_limit();
     let started = Instant::now();
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -230,8 +263,14 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
             e,
         )
     })?;
-    let public_socket = bind_tcp(config.listen, "listen")?;
-    let status_socket = bind_tcp(config.status_listen, "status_listen")?;
+    let public_socket = listener_for(config.listen, "listen", &mut inherited)?;
+    let status_socket = listener_for(config.status_listen, "status_listen", &mut inherited)?;
+    for extra in &inherited {
+        log::warn!(
+            "ignoring a socket passed by systemd for {}: it matches neither listen nor status_listen",
+            extra.local_addr().map_or_else(|_| "?".into(), |a| a.to_string())
+        );
+    }
     adopt_bound_addresses(&mut config, &public_socket, &status_socket);
 
     let metrics = Arc::new(Metrics::default());
@@ -329,6 +368,10 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
         config.workers,
     );
     notify::ready();
+    if let Some(interval) = watchdog_interval {
+        let (journal, events) = (journal.clone(), events_tx.clone());
+        spawn("watchdog", move || watchdog(interval, journal, events))?;
+    }
 
     wait_for_stop(signals, &config.path, &shared);
 

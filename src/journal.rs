@@ -198,6 +198,8 @@ pub enum Op {
     Prune {
         keep: usize,
     },
+    /// Changes nothing: proves the writer thread still answers (watchdog).
+    Probe,
 }
 
 /// What an op did, once committed.
@@ -721,6 +723,7 @@ impl<'t> Tables<'t> {
                 Some(Outcome::Requeued)
             }),
             Op::Prune { keep } => self.prune(*keep),
+            Op::Probe => Ok(Outcome::NotApplicable),
         }
     }
 

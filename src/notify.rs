@@ -52,6 +52,21 @@ pub fn watchdog() {
     send_logged("WATCHDOG=1");
 }
 
+/// The watchdog interval systemd asked for (`WatchdogSec=`), if it is meant for this process.
+/// The variables are removed so that no child sees them; call before other threads start.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok()?.parse::<u64>().ok();
+    let pid_ok = std::env::var("WATCHDOG_PID")
+        .ok()
+        .is_none_or(|p| p.parse::<u32>().ok() == Some(std::process::id()));
+    std::env::remove_var("WATCHDOG_USEC");
+    std::env::remove_var("WATCHDOG_PID");
+    match usec {
+        Some(u) if u > 0 && pid_ok => Some(std::time::Duration::from_micros(u)),
+        _ => None,
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds, as systemd expects with RELOADING=1.
 fn monotonic_usec() -> u64 {
     crate::sys::monotonic_usec()

@@ -128,6 +128,8 @@ pub enum Event {
     },
     /// Stop every running build (they start over after the restart) and start nothing new.
     Shutdown,
+    /// Answered at once: proves the scheduler thread still runs (watchdog).
+    Ping(Sender<()>),
 }
 
 /// A job handed to a build thread, with the handle that stops it.
@@ -160,6 +162,10 @@ pub fn run(
                 for control in controls.values() {
                     control.stop(StopReason::Shutdown);
                 }
+                Vec::new()
+            }
+            Event::Ping(answer) => {
+                let _ = answer.send(());
                 Vec::new()
             }
         };

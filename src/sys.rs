@@ -91,6 +91,30 @@ pub fn shutdown_listener(listener: &impl AsRawFd) {
     }
 }
 
+/// Waits up to `timeout` for `fd` to become readable (for a listener: a connection is queued).
+pub fn wait_readable(fd: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll reads and writes exactly the one pollfd we pass, which lives on our stack.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    match rc {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 /// Raises the soft open-file limit to the hard one, so that the connection limits, not the
 /// default 1024 descriptors, decide how many clients are served.
 pub fn raise_nofile_limit() {
@@ -140,6 +164,38 @@ fn unsafe_zeroed_group() -> libc::group {
 /// Changes the group of `path` (owner unchanged).
 pub fn chown_group(path: &Path, gid: u32) -> io::Result<()> {
     std::os::unix::fs::chown(path, None, Some(gid))
+}
+
+/// Listening sockets passed by systemd (socket activation): `LISTEN_FDS` descriptors from 3 on,
+/// if `LISTEN_PID` names this process. The variables are removed so no child sees them. Call
+/// before any other thread starts (the environment is process-wide).
+pub fn take_listen_fds() -> Vec<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    if !pid_matches {
+        return Vec::new();
+    }
+    (3..3 + count.clamp(0, 64))
+        .map(|fd| {
+            // SAFETY: FD_CLOEXEC only flags the descriptor systemd handed us.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+            // SAFETY: systemd passes these descriptors to this process (LISTEN_PID matched) and
+            // nothing else in the process owns them; each is taken exactly once.
+            unsafe { std::net::TcpListener::from_raw_fd(fd) }
+        })
+        .collect()
 }
 
 /// CLOCK_MONOTONIC in microseconds.

@@ -84,6 +84,10 @@ fn the_build_sees_only_the_documented_environment() {
             ("LEAKY_TOKEN", "s3cr3t"),
             ("NOTIFY_SOCKET", "@nowhere"),
             ("LISTEN_FDS", "0"),
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDNAMES", "x"),
+            ("WATCHDOG_USEC", "60000000"),
+            ("WATCHDOG_PID", "1"),
         ],
     );
     let (hook, path) = d.create_hook("site", "main");
@@ -113,7 +117,16 @@ fn the_build_sees_only_the_documented_environment() {
             "{expected} missing from {names:?}"
         );
     }
-    for leaked in ["LEAKY_TOKEN", "NOTIFY_SOCKET", "LISTEN_FDS", "RUST_LOG"] {
+    for leaked in [
+        "LEAKY_TOKEN",
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "RUST_LOG",
+    ] {
         assert!(!names.contains(&leaked), "{leaked} leaked into the build");
     }
     assert!(env.contains(&format!("DEPLOYHOOK_JOB_ID={id}\n")));

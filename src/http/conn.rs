@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::{HTTPVersion, Header, Method};
 
+/// How often an idle accept loop looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 /// Limits of one listener. Defaults are [`Limits::DEFAULT`].
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -122,10 +125,11 @@ impl Listener {
         self.socket.local_addr()
     }
 
-    /// Stops accepting; connections in progress finish on their own threads.
+    /// Stops accepting; connections in progress finish on their own threads. Connections not
+    /// yet accepted stay queued in the socket: with socket activation systemd keeps it open
+    /// and the next daemon answers them.
     pub fn stop(&mut self) {
         self.stopped.store(true, Ordering::SeqCst);
-        crate::sys::shutdown_listener(&*self.socket);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -151,6 +155,17 @@ fn accept_loop(
     let open = Arc::new(AtomicUsize::new(0));
     let mut backoff = Duration::from_millis(10);
     while !stopped.load(Ordering::SeqCst) {
+        // Accept only what is already queued, so that a stop never takes a connection it will
+        // not serve.
+        match crate::sys::wait_readable(socket, STOP_CHECK) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                log::warn!("poll on the listener failed: {e}");
+                std::thread::sleep(STOP_CHECK);
+                continue;
+            }
+        }
         let (stream, remote) = match socket.accept() {
             Ok(pair) => {
                 backoff = Duration::from_millis(10);

@@ -195,10 +195,11 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains(" ready public=") {
-                    let _ = tx.send(line.clone());
+                let ready = line.contains(" ready public=");
+                log.lock().unwrap().push(line.clone());
+                if ready {
+                    let _ = tx.send(line);
                 }
-                log.lock().unwrap().push(line);
             }
         });
         let pid = child.id();
