@@ -327,6 +327,160 @@ fn run_job(ctx: &Context, job: &QueuedJob, control: &Control) {
     }
 }
 
+/// What every git or build step of one job shares.
+struct Steps<'a> {
+    log: &'a SharedLog,
+    control: &'a Control,
+    job_id: &'a str,
+    deadline: Instant,
+    grace: Duration,
+    env: &'a [(String, String)],
+}
+
+impl Steps<'_> {
+    /// Runs `git ARGS` in `cwd` as a step of the job, logged as `$ git …`.
+    fn git(&self, cwd: &Path, args: &[&std::ffi::OsStr]) -> Step {
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        say(self.log, &format!("$ git {}", shown.join(" ")));
+        let mut cmd = Command::new("git");
+        cmd.args(args)
+            .env_clear()
+            .envs(self.env.iter().cloned())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            .env("DEPLOYHOOK_JOB_ID", self.job_id)
+            .current_dir(cwd);
+        run_step(
+            cmd,
+            self.log,
+            self.control,
+            self.job_id,
+            self.deadline,
+            self.grace,
+        )
+    }
+}
+
+/// The verdict of a failed git step, or `Some(None)` when the job was stopped meanwhile.
+fn git_failure(step: Step, what: &str, project: &Project) -> Option<Option<Verdict>> {
+    match step {
+        Step::Exited(status) if status.success() => None,
+        Step::Exited(status) => Some(Some(Verdict::error(format!(
+            "{what} failed ({}); see the log",
+            describe(status)
+        )))),
+        Step::SpawnFailed(e) => Some(Some(Verdict::error(format!("cannot run git: {e}")))),
+        Step::Stopped(reason) => Some(stopped(reason, project)),
+    }
+}
+
+/// Lock files a killed git leaves behind; with one build per project nothing else uses the
+/// mirror, so any found before a step is stale.
+fn remove_stale_locks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_stale_locks(&path);
+        } else if path.extension().is_some_and(|e| e == "lock") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Puts a fresh checkout of the branch head in `dir`: the project's bare mirror is brought up
+/// to date with `git fetch`, then cloned with `--shared` (objects are borrowed from the mirror,
+/// the working tree is new). Only git objects are reused between jobs, never build output.
+/// Returns `Some(verdict)` when the job ends here (`Some(None)`: stopped).
+fn checkout(
+    config: &Config,
+    project: &Project,
+    job: &QueuedJob,
+    dir: &Path,
+    steps: &Steps,
+) -> Option<Option<Verdict>> {
+    let mirror = config.mirrors_dir().join(format!("{}.git", project.name));
+    let branch_ref = format!("+refs/heads/{b}:refs/heads/{b}", b = job.branch);
+    for attempt in 0..2 {
+        if !mirror.join("HEAD").exists() {
+            let _ = std::fs::remove_dir_all(&mirror);
+            if let Err(e) = std::fs::create_dir_all(&mirror) {
+                return Some(Some(Verdict::error(format!(
+                    "cannot create {}: {e}",
+                    mirror.display()
+                ))));
+            }
+            let init = steps.git(
+                &mirror,
+                &["init".as_ref(), "--quiet".as_ref(), "--bare".as_ref()],
+            );
+            if let Some(v) = git_failure(init, "git init of the mirror", project) {
+                return Some(v);
+            }
+        }
+        remove_stale_locks(&mirror);
+        let fetch = steps.git(
+            &mirror,
+            &[
+                "-c".as_ref(),
+                "gc.auto=0".as_ref(),
+                "fetch".as_ref(),
+                "--no-tags".as_ref(),
+                "--prune".as_ref(),
+                "--".as_ref(),
+                project.repo.as_ref(),
+                branch_ref.as_ref(),
+            ],
+        );
+        match git_failure(fetch, "git fetch", project) {
+            None => break,
+            Some(Some(_)) if attempt == 0 && mirror_is_damaged(&mirror, steps) => {
+                say(
+                    steps.log,
+                    "the mirror looks damaged; fetching again into a new one",
+                );
+                let _ = std::fs::remove_dir_all(&mirror);
+            }
+            Some(v) => return Some(v),
+        }
+    }
+    let clone = steps.git(
+        &config.builds_dir(),
+        &[
+            "clone".as_ref(),
+            "--quiet".as_ref(),
+            "--shared".as_ref(),
+            "--no-tags".as_ref(),
+            "--single-branch".as_ref(),
+            "--branch".as_ref(),
+            job.branch.as_ref(),
+            "--".as_ref(),
+            mirror.as_os_str(),
+            dir.as_os_str(),
+        ],
+    );
+    git_failure(clone, "git clone", project)
+}
+
+/// Whether the mirror itself is broken (as opposed to the remote or the branch being wrong).
+fn mirror_is_damaged(mirror: &Path, steps: &Steps) -> bool {
+    let status = Command::new("git")
+        .args(["fsck", "--connectivity-only", "--no-dangling"])
+        .current_dir(mirror)
+        .env_clear()
+        .envs(steps.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    !status.is_ok_and(|s| s.success())
+}
+
 /// Submits a job's state change, retrying while the journal cannot take writes (a passing disk
 /// full must not lose a build's outcome). Gives up at shutdown or after [`RECORD_PATIENCE`].
 fn record(ctx: &Context, op: Op, control: &Control) -> Option<Outcome> {
@@ -373,43 +527,16 @@ fn build_in(
     }
     let base_env = base_env(config);
 
-    say(
+    let steps = Steps {
         log,
-        &format!(
-            "$ git clone --depth 1 --single-branch --branch {} -- {} .",
-            job.branch, project.repo
-        ),
-    );
-    let mut clone = Command::new("git");
-    clone
-        .args([
-            "clone",
-            "--depth",
-            "1",
-            "--single-branch",
-            "--no-tags",
-            "--branch",
-        ])
-        .arg(&job.branch)
-        .arg("--")
-        .arg(&project.repo)
-        .arg(dir)
-        .env_clear()
-        .envs(base_env.iter().cloned())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        .env("DEPLOYHOOK_JOB_ID", &job.id)
-        .current_dir(config.builds_dir());
-    match run_step(clone, log, control, &job.id, deadline, grace) {
-        Step::Exited(status) if status.success() => {}
-        Step::Exited(status) => {
-            return Some(Verdict::error(format!(
-                "git clone failed ({}); see the log",
-                describe(status)
-            )))
-        }
-        Step::SpawnFailed(e) => return Some(Verdict::error(format!("cannot run git: {e}"))),
-        Step::Stopped(reason) => return stopped(reason, project),
+        control,
+        job_id: &job.id,
+        deadline,
+        grace,
+        env: &base_env,
+    };
+    if let Some(verdict) = checkout(config, project, job, dir, &steps) {
+        return verdict;
     }
 
     let commit = match head_commit(dir) {
@@ -627,11 +754,24 @@ fn terminate(child: &mut Child, pgid: i32, job_id: &str, grace: Duration) {
 
 /// SIGKILLs every process whose environment carries this job's id (they escaped the group).
 pub fn kill_by_job_id(job_id: &str) {
-    for pid in sys::processes_with_env(&format!("DEPLOYHOOK_JOB_ID={job_id}")) {
-        if pid != std::process::id() as i32 {
+    for pid in sys::processes_with_env("DEPLOYHOOK_JOB_ID", job_id) {
+        sys::signal_process(pid, Signal::Kill);
+    }
+}
+
+/// At start-up: SIGKILLs every process left by a previous daemon of this journal, found by a
+/// `DEPLOYHOOK_JOB_ID` that names one of its jobs (whatever that job's state: a crash may have
+/// come after a job was canceled and before its build was stopped). Returns how many.
+pub fn reap_orphans(journal: &Journal) -> usize {
+    let mut reaped = 0;
+    for (pid, job_id) in sys::processes_with_env_var("DEPLOYHOOK_JOB_ID") {
+        if crate::secret::is_job_id(&job_id) && matches!(journal.job(&job_id), Ok(Some(_))) {
+            log::warn!("killing process {pid} left by job={job_id} of a previous run");
             sys::signal_process(pid, Signal::Kill);
+            reaped += 1;
         }
     }
+    reaped
 }
 
 /// Removes finished build directories and pruned logs off the critical path of builds and

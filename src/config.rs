@@ -69,6 +69,10 @@ impl Config {
     pub fn builds_dir(&self) -> PathBuf {
         self.state_dir.join("builds")
     }
+    /// One bare git mirror per project, refreshed before each checkout.
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.state_dir.join("mirrors")
+    }
     pub fn hook_url(&self, project: &str, secret: &str) -> String {
         format!(
             "{}/v1/integrations/deploy/{project}/{secret}",

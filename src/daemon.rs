@@ -115,11 +115,11 @@ fn queued(row: &crate::journal::JobRow, restarted: bool) -> QueuedJob {
 /// Sends every open job to the scheduler. A job found BUILDING was interrupted by a crash: any
 /// of its processes that outlived the old daemon are killed before it starts over.
 fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalError> {
+    build::reap_orphans(journal);
     let open = journal.open_jobs()?;
     for row in &open {
         let interrupted = row.job.state == JobState::Building;
         if interrupted {
-            build::kill_by_job_id(&row.job.id);
             journal.submit(Op::Requeue {
                 job_id: row.job.id.clone(),
             })?;

@@ -211,22 +211,35 @@ pub fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
-/// Process ids of every process whose environment holds exactly `needle` (`KEY=value`). Builds
+/// Every process (other than this one) whose environment sets `name`, with the value. Builds
 /// carry their job id in the environment, so this finds the processes of a build even when
-/// they left its process group (`setsid`, double fork).
-pub fn processes_with_env(needle: &str) -> Vec<i32> {
+/// they left its process group (`setsid`, double fork) or outlived a crashed daemon.
+pub fn processes_with_env_var(name: &str) -> Vec<(i32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let needle = needle.as_bytes();
+    let me = std::process::id() as i32;
+    let prefix = format!("{name}=");
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|&b| b == 0).any(|var| var == needle))
-                .unwrap_or(false)
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let value = env
+                .split(|&b| b == 0)
+                .find_map(|var| var.strip_prefix(prefix.as_bytes()))?;
+            Some((pid, String::from_utf8_lossy(value).into_owned()))
         })
+        .collect()
+}
+
+/// Process ids of every process whose environment holds exactly `name=value`.
+pub fn processes_with_env(name: &str, value: &str) -> Vec<i32> {
+    processes_with_env_var(name)
+        .into_iter()
+        .filter(|(_, v)| v == value)
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -259,13 +272,12 @@ mod tests {
 
     #[test]
     fn processes_are_found_by_environment() {
-        let marker = format!("DEPLOYHOOK_TEST_MARK={}", std::process::id());
         let mut child = Command::new("sleep")
             .arg("30")
             .env("DEPLOYHOOK_TEST_MARK", std::process::id().to_string())
             .spawn()
             .unwrap();
-        let found = processes_with_env(&marker);
+        let found = processes_with_env("DEPLOYHOOK_TEST_MARK", &std::process::id().to_string());
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, vec![child.id() as i32]);

@@ -202,19 +202,20 @@ fn clone_failures_are_error_with_gits_message_in_the_log() {
             job["error"]
                 .as_str()
                 .unwrap()
-                .starts_with("git clone failed"),
+                .starts_with("git fetch failed"),
             "{job}"
         );
         assert_eq!(job["commit"], serde_json::Value::Null);
     }
     assert!(
         d.job_log(&a)
-            .contains("Remote branch no-such-branch not found"),
+            .contains("couldn't find remote ref refs/heads/no-such-branch"),
         "{}",
         d.job_log(&a)
     );
     assert!(
-        d.job_log(&b).contains("does not exist"),
+        d.job_log(&b)
+            .contains("does not appear to be a git repository"),
         "{}",
         d.job_log(&b)
     );
@@ -254,4 +255,25 @@ fn logs_are_capped_and_the_build_goes_on() {
     assert!(!log.contains("after-42"));
     assert!(log.contains("[deployhook] READY after"));
     assert!(log.len() < 2048 + 1024, "{}", log.len());
+}
+
+#[test]
+fn a_damaged_mirror_is_rebuilt_and_stale_locks_are_cleared() {
+    let s = setup("bmirror", "cat a", &[("a", "first")], "");
+    let first = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&first, "READY", T);
+    let mirror = s.daemon.state_dir().join("mirrors/site.git");
+    assert!(mirror.join("HEAD").exists());
+    // A git killed mid-fetch leaves locks; a broken disk loses objects.
+    std::fs::write(mirror.join("refs/heads/main.lock"), "").unwrap();
+    std::fs::write(mirror.join("shallow.lock"), "").unwrap();
+    let second = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&second, "READY", T);
+    std::fs::remove_dir_all(mirror.join("objects")).unwrap();
+    std::fs::create_dir_all(mirror.join("objects")).unwrap();
+    let head = s.repo.commit(&[("a", "second\n")], "second");
+    let third = s.daemon.trigger(&s.path);
+    let job = s.daemon.wait_state(&third, "READY", T);
+    assert_eq!(job["commit"], head.as_str());
+    assert!(s.daemon.job_log(&third).contains("\nsecond\n"));
 }
