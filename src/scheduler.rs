@@ -110,7 +110,11 @@ impl Plan {
         self.pending.len()
     }
 
-    #[cfg(test)]
+    /// Whether the plan still holds this job, queued or running.
+    pub fn holds(&self, job_id: &str) -> bool {
+        self.running.contains_key(job_id) || self.pending.iter().any(|j| j.id == job_id)
+    }
+
     pub fn running_len(&self) -> usize {
         self.running.len()
     }

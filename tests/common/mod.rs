@@ -25,6 +25,20 @@ impl TempDir {
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
     }
+    /// A directory on tmpfs where there is one (/dev/shm), for tests that make many commits and
+    /// do not test durability itself.
+    pub fn in_memory(tag: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return TempDir::new(tag);
+        }
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = shm.join(format!("dh-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }
