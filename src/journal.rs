@@ -311,14 +311,15 @@ type Slot = Arc<RwLock<Option<Arc<Database>>>>;
 #[derive(Clone)]
 pub struct Journal {
     db: Slot,
-    path: PathBuf,
+    /// The file, unless the journal lives on a custom storage backend (tests).
+    path: Option<PathBuf>,
     tx: Sender<Pending>,
 }
 
 /// The writer side, to be run on its own thread.
 pub struct Writer {
     db: Slot,
-    path: PathBuf,
+    path: Option<PathBuf>,
     rx: Receiver<Pending>,
     /// Set after a failed commit: the database must be reopened before the next write.
     broken: bool,
@@ -328,40 +329,81 @@ pub struct Writer {
 /// redb's page cache; its default may grow to 1 GiB, more than a small daemon should hold.
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
+/// Opens the journal file, creating it atomically when it does not exist: redb writes a new
+/// file's magic number last, so a crash while creating it would leave a file that is not a
+/// database. A new journal is made complete under a temporary name, synced, then renamed.
 fn open_database(path: &Path) -> Result<Database, JournalError> {
-    Ok(redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)?)
+    if !path.exists() {
+        let fresh = path.with_extension("redb.new");
+        let _ = std::fs::remove_file(&fresh);
+        let db = builder().create(&fresh)?;
+        create_tables(&db)?;
+        drop(db);
+        std::fs::rename(&fresh, path)
+            .map_err(|e| JournalError(format!("cannot create the journal: {e}")))?;
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+    }
+    Ok(builder().create(path)?)
+}
+
+/// Makes sure every table exists, so read transactions never meet a missing one.
+fn create_tables(db: &Database) -> Result<(), JournalError> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(HOOKS)?;
+        txn.open_table(HOOK_SECRETS)?;
+        txn.open_table(JOBS)?;
+        txn.open_table(JOBS_BY_SEQ)?;
+        txn.open_table(JOBS_BY_HOOK)?;
+        txn.open_table(JOBS_BY_PROJECT)?;
+        txn.open_table(OPEN_BY_HOOK)?;
+        txn.open_table(HOOK_JOB_COUNTS)?;
+        txn.open_table(COUNTERS)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 impl Journal {
     /// Opens (or creates) the journal file and makes sure every table exists.
     pub fn open(path: &Path) -> Result<(Journal, Writer), JournalError> {
-        let db = Arc::new(open_database(path)?);
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(HOOKS)?;
-            txn.open_table(HOOK_SECRETS)?;
-            txn.open_table(JOBS)?;
-            txn.open_table(JOBS_BY_SEQ)?;
-            txn.open_table(JOBS_BY_HOOK)?;
-            txn.open_table(JOBS_BY_PROJECT)?;
-            txn.open_table(OPEN_BY_HOOK)?;
-            txn.open_table(HOOK_JOB_COUNTS)?;
-            txn.open_table(COUNTERS)?;
-        }
-        txn.commit()?;
+        Journal::with_database(open_database(path)?, Some(path.to_path_buf()))
+    }
+
+    /// A journal on a custom storage backend (fault-injection tests simulate power loss with
+    /// one). It cannot be reopened after a failed write.
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+    ) -> Result<(Journal, Writer), JournalError> {
+        let db = builder().create_with_backend(backend)?;
+        Journal::with_database(db, None)
+    }
+
+    fn with_database(
+        db: Database,
+        path: Option<PathBuf>,
+    ) -> Result<(Journal, Writer), JournalError> {
+        create_tables(&db)?;
+        let db = Arc::new(db);
         let (tx, rx) = crossbeam_channel::unbounded();
         let slot: Slot = Arc::new(RwLock::new(Some(db)));
         Ok((
             Journal {
                 db: slot.clone(),
-                path: path.to_path_buf(),
+                path: path.clone(),
                 tx,
             },
             Writer {
                 db: slot,
-                path: path.to_path_buf(),
+                path,
                 rx,
                 broken: false,
                 last_reopen: None,
@@ -383,7 +425,10 @@ impl Journal {
 
     /// Size of the journal file in bytes.
     pub fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
     }
 
     fn read(&self) -> Result<ReadTransaction, JournalError> {
@@ -563,7 +608,11 @@ impl Writer {
             }
             drop(old);
         }
-        let db = open_database(&self.path)?;
+        let path = self
+            .path
+            .as_ref()
+            .ok_or_else(|| JournalError("this journal cannot be reopened".into()))?;
+        let db = open_database(path)?;
         *slot = Some(Arc::new(db));
         self.broken = false;
         log::info!("journal reopened after a failed write; accepting writes again");
@@ -1130,6 +1179,18 @@ mod tests {
         assert_eq!(ids, ["J09", "J08", "J07"]);
         assert_eq!(next, None);
         assert_eq!(j.state_counts().unwrap()[4], (JobState::Canceled, 2));
+    }
+
+    #[test]
+    fn a_half_created_journal_is_made_again() {
+        let d = tempdir::Dir::new();
+        let path = d.path().join("j.redb");
+        // What a crash during creation leaves: the temporary file, never the journal itself.
+        std::fs::write(path.with_extension("redb.new"), vec![0u8; 4096]).unwrap();
+        let (j, writer) = Journal::open(&path).unwrap();
+        std::thread::spawn(move || writer.run(|_| {}, |_| {}));
+        hook(&j, "hook_a", "s1");
+        assert!(!path.with_extension("redb.new").exists());
     }
 
     #[test]
