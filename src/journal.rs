@@ -44,6 +44,8 @@ const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::new("open_by_
 const HOOK_JOB_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("hook_job_counts");
 /// `seq` (last sequence number) and `state.<STATE>` (jobs per state).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Hook id -> its last trigger time (kept apart so a trigger does not rewrite the hook row).
+const HOOK_LAST: TableDefinition<&str, u64> = TableDefinition::new("hook_last_triggered");
 
 /// Least time between two attempts to reopen a failed journal.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -131,7 +133,6 @@ pub struct JobRow {
     pub hook_name: String,
     /// How many times a build was started (more than one after an interruption).
     pub attempts: u32,
-    #[serde(flatten)]
     pub job: Job,
 }
 
@@ -151,7 +152,6 @@ pub struct Hook {
 #[serde(rename_all = "camelCase")]
 struct HookRow {
     secret_sha256: String,
-    #[serde(flatten)]
     hook: Hook,
 }
 
@@ -367,6 +367,7 @@ fn create_tables(db: &Database) -> Result<(), JournalError> {
         txn.open_table(OPEN_BY_HOOK)?;
         txn.open_table(HOOK_JOB_COUNTS)?;
         txn.open_table(COUNTERS)?;
+        txn.open_table(HOOK_LAST)?;
     }
     txn.commit()?;
     Ok(())
@@ -464,11 +465,13 @@ impl Journal {
     pub fn hooks(&self) -> Result<Vec<Hook>, JournalError> {
         let txn = self.read()?;
         let hooks = txn.open_table(HOOKS)?;
+        let last = txn.open_table(HOOK_LAST)?;
         let mut out = Vec::new();
         for entry in hooks.iter()? {
             let (_, raw) = entry?;
-            let row: HookRow = serde_json::from_slice(raw.value())?;
-            out.push(row.hook);
+            let mut hook = serde_json::from_slice::<HookRow>(raw.value())?.hook;
+            hook.last_triggered_at = last.get(hook.id.as_str())?.map(|v| v.value());
+            out.push(hook);
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
@@ -678,6 +681,7 @@ impl Writer {
             for pending in batch {
                 outcomes.push(tables.apply(&pending.op)?);
             }
+            tables.flush()?;
         }
         let changed = outcomes
             .iter()
@@ -702,6 +706,18 @@ struct Tables<'t> {
     open: Table<'t, &'static str, &'static str>,
     hook_counts: Table<'t, &'static str, u64>,
     counters: Table<'t, &'static str, u64>,
+    hook_last: Table<'t, &'static str, u64>,
+    /// Counter changes of this batch, written once by [`Tables::flush`] instead of a read and a
+    /// write per op.
+    pending: BatchCounters,
+}
+
+#[derive(Default)]
+struct BatchCounters {
+    states: std::collections::HashMap<&'static str, i64>,
+    seq: Option<u64>,
+    hook_jobs: std::collections::HashMap<String, u64>,
+    hook_last: std::collections::HashMap<String, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -716,7 +732,44 @@ impl<'t> Tables<'t> {
             open: txn.open_table(OPEN_BY_HOOK)?,
             hook_counts: txn.open_table(HOOK_JOB_COUNTS)?,
             counters: txn.open_table(COUNTERS)?,
+            hook_last: txn.open_table(HOOK_LAST)?,
+            pending: BatchCounters::default(),
         })
+    }
+
+    /// Writes the batch's counter changes; call before the commit (and before reading them).
+    fn flush(&mut self) -> Result<(), JournalError> {
+        let pending = std::mem::take(&mut self.pending);
+        for (key, delta) in pending.states {
+            let old = self.counters.get(key)?.map_or(0, |v| v.value());
+            self.counters
+                .insert(key, old.saturating_add_signed(delta))?;
+        }
+        if let Some(seq) = pending.seq {
+            self.counters.insert("seq", seq)?;
+        }
+        for (hook, added) in pending.hook_jobs {
+            let old = self
+                .hook_counts
+                .get(hook.as_str())?
+                .map_or(0, |v| v.value());
+            self.hook_counts.insert(hook.as_str(), old + added)?;
+        }
+        for (hook, at) in pending.hook_last {
+            if self.hooks.get(hook.as_str())?.is_some() {
+                self.hook_last.insert(hook.as_str(), at)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> Result<u64, JournalError> {
+        let last = match self.pending.seq {
+            Some(s) => s,
+            None => self.counters.get("seq")?.map_or(0, |v| v.value()),
+        };
+        self.pending.seq = Some(last + 1);
+        Ok(last + 1)
     }
 
     fn apply(&mut self, op: &Op) -> Result<Outcome, JournalError> {
@@ -789,11 +842,8 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    fn bump(&mut self, key: &str, delta: i64) -> Result<u64, JournalError> {
-        let old = self.counters.get(key)?.map_or(0, |v| v.value());
-        let new = old.saturating_add_signed(delta);
-        self.counters.insert(key, new)?;
-        Ok(new)
+    fn bump(&mut self, key: &'static str, delta: i64) {
+        *self.pending.states.entry(key).or_default() += delta;
     }
 
     /// Records a state change in the per-state counters and the open-job index.
@@ -803,9 +853,9 @@ impl<'t> Tables<'t> {
             return Ok(());
         }
         if let Some(from) = from {
-            self.bump(from.counter_key(), -1)?;
+            self.bump(from.counter_key(), -1);
         }
-        self.bump(to.counter_key(), 1)?;
+        self.bump(to.counter_key(), 1);
         if to.is_terminal() {
             let is_open_one = self
                 .open
@@ -853,7 +903,7 @@ impl<'t> Tables<'t> {
         job_id: &str,
         now: u64,
     ) -> Result<Outcome, JournalError> {
-        let Some(mut hook_row) = self.hook_by_secret(secret)? else {
+        let Some(hook_row) = self.hook_by_secret(secret)? else {
             return Ok(Outcome::NotFound);
         };
         if hook_row.hook.project != project {
@@ -879,7 +929,7 @@ impl<'t> Tables<'t> {
                 }
             }
         }
-        let seq = self.bump("seq", 1)?;
+        let seq = self.next_seq()?;
         let row = JobRow {
             seq,
             hook_name: hook_row.hook.name.clone(),
@@ -905,14 +955,8 @@ impl<'t> Tables<'t> {
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
         self.by_project.insert((project, seq), job_id)?;
         self.open.insert(hook_id.as_str(), job_id)?;
-        let count = self
-            .hook_counts
-            .get(hook_id.as_str())?
-            .map_or(0, |v| v.value());
-        self.hook_counts.insert(hook_id.as_str(), count + 1)?;
-        hook_row.hook.last_triggered_at = Some(now);
-        let bytes = serde_json::to_vec(&hook_row)?;
-        self.hooks.insert(hook_id.as_str(), bytes.as_slice())?;
+        *self.pending.hook_jobs.entry(hook_id.clone()).or_default() += 1;
+        self.pending.hook_last.insert(hook_id, now);
         Ok(Outcome::Triggered { row, superseded })
     }
 
@@ -936,10 +980,13 @@ impl<'t> Tables<'t> {
         if let Some(secret) = unhex(&row.secret_sha256) {
             self.secrets.remove(&secret[..])?;
         }
+        self.hook_last.remove(id)?;
+        self.pending.hook_last.remove(id);
         Ok(Outcome::HookRevoked)
     }
 
     fn prune(&mut self, keep: usize) -> Result<Outcome, JournalError> {
+        self.flush()?;
         let mut over: Vec<(String, u64)> = Vec::new();
         for entry in self.hook_counts.iter()? {
             let (hook, count) = entry?;
@@ -974,7 +1021,7 @@ impl<'t> Tables<'t> {
                 self.by_seq.remove(seq)?;
                 self.by_hook.remove((hook.as_str(), seq))?;
                 self.by_project.remove((row.job.project.as_str(), seq))?;
-                self.bump(row.job.state.counter_key(), -1)?;
+                self.bump(row.job.state.counter_key(), -1);
                 gone += 1;
                 removed.push(id);
             }

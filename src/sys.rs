@@ -58,14 +58,37 @@ pub fn signal_process(pid: i32, signal: Signal) {
     }
 }
 
-/// Whether any process (a zombie included) is still in group `pgid`.
+/// Whether a live process (not a zombie) is still in group `pgid`. Zombies are dead already,
+/// and the orphans among them wait for whichever init adopted them to reap them (in some
+/// containers never): counting them would hold a stop for the whole grace period.
 pub fn group_exists(pgid: i32) -> bool {
     if pgid <= 1 {
         return false;
     }
     // SAFETY: signal 0 performs only the existence and permission check.
     let rc = unsafe { libc::killpg(pgid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name (which may contain spaces): state, ppid, pgrp, …
+            let mut rest = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace();
+            let state = rest.next();
+            let pgrp = rest.nth(1).and_then(|g| g.parse::<i32>().ok());
+            pgrp == Some(pgid) && state != Some("Z")
+        })
 }
 
 /// Runs `f` with the file creation mask set to `mask`, so that a socket is born with the right

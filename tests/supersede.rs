@@ -50,6 +50,13 @@ fn a_new_trigger_cancels_the_running_build_and_its_whole_process_group() {
     );
     let done = d.wait_state(&second, "READY", T);
     assert_eq!(done["commit"], repo.head().as_str());
+    // The old build died on SIGTERM: the next one starts without waiting out the 2 s grace
+    // (the killed background process stays a zombie where init does not reap orphans).
+    let waited = done["startedAt"].as_u64().unwrap() - done["createdAt"].as_u64().unwrap();
+    assert!(
+        waited < 1000,
+        "the superseding build waited {waited} ms to start"
+    );
     assert!(d.job_log(&first).contains("superseded by a newer trigger"));
 }
 

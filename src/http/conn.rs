@@ -211,6 +211,17 @@ fn refuse_busy(stream: TcpStream, limits: &Limits) {
     let _ = write_reply(&stream, reply, HTTPVersion(1, 1), &[], false, true);
 }
 
+/// Parses one request from bytes, as a connection would: `Ok(None)` when the bytes end before a
+/// request does, `Err` with the error a client would be answered. For fuzzing and tests.
+pub fn parse_request(bytes: &[u8], limits: &Limits) -> Result<Option<Request>, ApiError> {
+    let mut reader = io::Cursor::new(bytes);
+    match read_request(&mut reader, limits, None, |_| {}) {
+        Ok(req) => Ok(Some(req)),
+        Err(ReadFail::Quiet) => Ok(None),
+        Err(ReadFail::Answer(e)) => Err(e),
+    }
+}
+
 /// A reader that fails with `TimedOut` once `deadline` has passed, however slowly bytes trickle
 /// in: each read may wait only for the time that is left.
 struct DeadlineReader<'a> {
@@ -252,7 +263,11 @@ fn serve_connection(stream: TcpStream, remote: SocketAddr, handler: &dyn Handler
     );
     loop {
         reader.get_mut().deadline = Instant::now() + limits.idle_timeout;
-        match read_request(&mut reader, limits, remote) {
+        let request_timeout = limits.request_timeout;
+        let started = |r: &mut BufReader<DeadlineReader<'_>>| {
+            r.get_mut().deadline = Instant::now() + request_timeout;
+        };
+        match read_request(&mut reader, limits, Some(remote), started) {
             Ok(req) => {
                 let reply = handler.handle(&req);
                 let close = req.wants_close();
@@ -296,10 +311,13 @@ fn read_line(
     Ok(())
 }
 
-fn read_request(
-    reader: &mut BufReader<DeadlineReader<'_>>,
+/// Reads one request head (and drops its body). `started` runs once the first byte is there,
+/// so the caller can give the rest of the request its own deadline.
+fn read_request<R: BufRead>(
+    reader: &mut R,
     limits: &Limits,
-    remote: SocketAddr,
+    remote: Option<SocketAddr>,
+    started: impl FnOnce(&mut R),
 ) -> Result<Request, ReadFail> {
     let io_fail = |e: io::Error, started: bool| match e.kind() {
         io::ErrorKind::InvalidData => ReadFail::Answer(ApiError::HeadTooLarge),
@@ -312,7 +330,7 @@ fn read_request(
         Ok(_) => {}
         Err(e) => return Err(io_fail(e, false)),
     }
-    reader.get_mut().deadline = Instant::now() + limits.request_timeout;
+    started(reader);
     let mut budget = limits.max_head_bytes;
     let mut line = Vec::with_capacity(256);
     // Tolerate blank lines before a request line (RFC 9112 §2.2).
@@ -379,7 +397,7 @@ fn read_request(
         query,
         headers,
         version,
-        remote: Some(remote),
+        remote,
     })
 }
 
@@ -433,8 +451,8 @@ fn body_framing(headers: &[Header], limits: &Limits) -> Result<Framing, ReadFail
 }
 
 /// Reads and drops the body: deployhook never uses one, but keep-alive needs it consumed.
-fn discard_body(
-    reader: &mut BufReader<DeadlineReader<'_>>,
+fn discard_body<R: BufRead>(
+    reader: &mut R,
     framing: Framing,
     limits: &Limits,
 ) -> Result<(), ReadFail> {

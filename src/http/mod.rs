@@ -12,6 +12,22 @@ pub mod trigger;
 use serde::Serialize;
 use std::io::{self, Write};
 
+/// Runs the request side of both listeners on raw bytes, with no socket and no journal: head
+/// parsing and framing, the hook path, the status routes' parameters. The entry point of the
+/// request-router fuzz target; returns the error a client would be answered, if any.
+#[doc(hidden)]
+pub fn route_offline(bytes: &[u8]) -> Result<(), ApiError> {
+    let Some(req) = conn::parse_request(bytes, &conn::Limits::DEFAULT)? else {
+        return Ok(());
+    };
+    if let Some((project, secret)) = trigger::parse_hook_path(&req.path) {
+        let _ = crate::config::is_project_name(project) && crate::secret::is_secret_shaped(secret);
+    }
+    let _ = page::escape(&req.path);
+    let _ = req.query_param("tail");
+    status::parse_filter(&req).map(|_| ())
+}
+
 /// A streamed body: called with the connection's writer, each write goes out at once.
 pub type Producer = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
 

@@ -155,7 +155,7 @@ impl StatusHandler {
     }
 }
 
-fn parse_filter(req: &Request) -> Result<JobFilter, ApiError> {
+pub(crate) fn parse_filter(req: &Request) -> Result<JobFilter, ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
     let mut filter = JobFilter {
         limit: DEFAULT_LIMIT,

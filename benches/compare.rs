@@ -1,0 +1,625 @@
+//! deployhook against its baselines, measured in one run on loopback (`benches/run`):
+//!
+//! 1. Trigger throughput and p50/p99 latency (wrk, 1 and 64 connections) for deployhook (durable),
+//!    a minimal tiny_http server answering a fixed 60-byte body (the ceiling of the HTTP layer),
+//!    and adnanh/webhook with a hook that appends a line to a file, waiting for the command and
+//!    not. Afterwards, what was actually done: jobs in the journal, lines in the file.
+//! 2. Resident memory of each server, idle and at the end of the load.
+//! 3. Cancel latency: from the superseding trigger's 201 to the old build's process group gone.
+//! 4. Checkout: from a job's start to its build command running, on a repository of 5,000 files
+//!    and 300 commits, against a plain `git clone --depth 1` of it.
+//!
+//! Figures and ratios are printed, with each goal marked met or short; nothing is asserted.
+//! Needs `wrk` and `webhook` on PATH (benches/run installs them).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUN_SECS: u64 = 5;
+const CEILING_BODY: &[u8; 60] =
+    b"{\"job\":{\"id\":\"AAAAAAAAAAAAAAAAAAAA\",\"state\":\"PENDING\"}}\n....";
+
+/// The ceiling server, run as a child process of this benchmark (`compare --ceiling PORT`):
+/// tiny_http answering every request with the same 60 bytes.
+fn serve_ceiling(port: u16) -> ! {
+    let server = tiny_http::Server::http(("127.0.0.1", port)).expect("ceiling binds");
+    let server = std::sync::Arc::new(server);
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                for req in server.incoming_requests() {
+                    let _ = req.respond(
+                        tiny_http::Response::from_data(&CEILING_BODY[..]).with_status_code(201),
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    std::process::exit(0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "port {port} never opened"
+    );
+}
+
+struct Load {
+    requests: u64,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    errors: u64,
+}
+
+fn ms(text: &str) -> f64 {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| c.is_alphabetic()).unwrap_or(t.len()));
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        _ => v,
+    }
+}
+
+fn wrk(url: &str, connections: u32, script: &std::path::Path) -> Load {
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            &connections.min(2).to_string(),
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{RUN_SECS}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("wrk runs (benches/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let find = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or("")
+            .to_string()
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let errors: u64 = find("Socket errors:")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    Load {
+        requests,
+        per_sec: find("Requests/sec:")
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: ms(find("50%").split_whitespace().nth(1).unwrap_or("nan")),
+        p99_ms: ms(find("99%").split_whitespace().nth(1).unwrap_or("nan")),
+        non_2xx: find("Non-2xx or 3xx responses:")
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        errors,
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    rss_kib(pid) as f64 / 1024.0
+}
+
+struct Row {
+    name: String,
+    connections: u32,
+    load: Load,
+    done: u64,
+    rss_idle: f64,
+    rss_end: f64,
+}
+
+fn print_rows(rows: &[Row], ceiling: &[(u32, f64)], webhook_wait: &[(u32, f64)]) {
+    println!("\n1-2. Trigger throughput, latency, work done, memory ({RUN_SECS} s per row, wrk on loopback)");
+    println!(
+        "{:<28} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9}",
+        "server",
+        "conns",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "acked",
+        "done",
+        "lost",
+        "RSS idle",
+        "RSS end",
+        "vs ceil"
+    );
+    for r in rows {
+        let ceil = ceiling
+            .iter()
+            .find(|(c, _)| *c == r.connections)
+            .map_or(f64::NAN, |(_, v)| *v);
+        let acked = r.load.requests.saturating_sub(r.load.non_2xx);
+        println!(
+            "{:<28} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>10} {:>10} {:>8} {:>7.1}M {:>8.1}M {:>8.2}x",
+            r.name,
+            r.connections,
+            r.load.per_sec,
+            r.load.p50_ms,
+            r.load.p99_ms,
+            acked,
+            r.done,
+            acked.saturating_sub(r.done),
+            r.rss_idle,
+            r.rss_end,
+            r.load.per_sec / ceil
+        );
+        if r.load.errors > 0 || r.load.non_2xx > 0 {
+            println!(
+                "{:<28}   ({} socket errors, {} non-2xx answers)",
+                "", r.load.errors, r.load.non_2xx
+            );
+        }
+    }
+    let dh64 = rows
+        .iter()
+        .find(|r| r.name.starts_with("deployhook") && r.connections == 64);
+    if let Some(d) = dh64 {
+        let ceil = ceiling
+            .iter()
+            .find(|(c, _)| *c == 64)
+            .map_or(f64::NAN, |(_, v)| *v);
+        let wait = webhook_wait
+            .iter()
+            .find(|(c, _)| *c == 64)
+            .map_or(f64::NAN, |(_, v)| *v);
+        let acked = d.load.requests.saturating_sub(d.load.non_2xx);
+        goal(
+            "deployhook at 64 conns >= 0.5x the tiny_http ceiling",
+            d.load.per_sec / ceil >= 0.5,
+            format!("{:.2}x", d.load.per_sec / ceil),
+        );
+        goal(
+            "deployhook at 64 conns >= 20x webhook waiting mode",
+            d.load.per_sec / wait >= 20.0,
+            format!("{:.1}x", d.load.per_sec / wait),
+        );
+        goal(
+            "deployhook loses 0 acknowledged triggers",
+            acked == d.done,
+            format!("{} lost", acked.saturating_sub(d.done)),
+        );
+        let rss = rows
+            .iter()
+            .filter(|r| r.name.starts_with("deployhook"))
+            .map(|r| r.rss_end.max(r.rss_idle))
+            .fold(0.0, f64::max);
+        goal(
+            "deployhook RSS <= 30 MB",
+            rss <= 30.0 * 1_000_000.0 / 1_048_576.0,
+            format!("{rss:.1} MiB"),
+        );
+    }
+}
+
+fn goal(what: &str, met: bool, figure: String) {
+    println!(
+        "  goal: {what:<52} {figure:>10}  {}",
+        if met { "met" } else { "SHORT" }
+    );
+}
+
+/// A deployhook daemon with one hook; builds run `build`.
+fn deployhook(dir: &TempDir, build: &str, extra: &str) -> (Daemon, String, Repo) {
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let config = write_config(
+        dir.path(),
+        extra,
+        &[ProjectSpec::new("site", &repo.path, build)],
+    );
+    let d = Daemon::start(&config);
+    let (_, path) = d.create_hook("site", "main");
+    (d, path, repo)
+}
+
+fn jobs_in_journal(d: &Daemon) -> u64 {
+    let v = http(d.status, "GET", "/status", &[], b"").json();
+    v["jobs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn throughput(
+    rows: &mut Vec<Row>,
+    ceiling: &mut Vec<(u32, f64)>,
+    webhook_wait: &mut Vec<(u32, f64)>,
+) {
+    let dir = TempDir::new("cmp");
+    let post = dir.path().join("post.lua");
+    std::fs::write(&post, "wrk.method = \"POST\"\n").unwrap();
+
+    // Ceiling.
+    let port = free_port();
+    let mut ceil = Command::new(std::env::current_exe().unwrap())
+        .args(["--ceiling", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let idle = rss_mib(ceil.id());
+    for c in [1, 64] {
+        let load = wrk(&format!("http://127.0.0.1:{port}/"), c, &post);
+        ceiling.push((c, load.per_sec));
+        let done = load.requests.saturating_sub(load.non_2xx);
+        rows.push(Row {
+            name: "tiny_http fixed 60 B (ceiling)".into(),
+            connections: c,
+            done,
+            rss_idle: idle,
+            rss_end: rss_mib(ceil.id()),
+            load,
+        });
+    }
+    kill(&mut ceil);
+
+    // deployhook: one hook, builds that do nothing, so the trigger path is what is measured.
+    for c in [1, 64] {
+        let d_dir = TempDir::new("cmp-dh");
+        // Every job stays in the journal (no retention) so that it can be counted.
+        let (d, path, _repo) = deployhook(&d_dir, "true", "workers = 2\nkeep_jobs = 10000000");
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = rss_mib(d.pid());
+        let before = jobs_in_journal(&d);
+        let load = wrk(&format!("http://{}{path}", d.public), c, &post);
+        let rss_end = rss_mib(d.pid());
+        let done = jobs_in_journal(&d) - before;
+        rows.push(Row {
+            name: "deployhook (durable)".into(),
+            connections: c,
+            load,
+            done,
+            rss_idle: idle,
+            rss_end,
+        });
+    }
+
+    // webhook, waiting for the command and not.
+    let lines = dir.path().join("lines");
+    let script = dir.path().join("append.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho x >> {}\n", lines.display()),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    for (name, wait) in [("webhook 2.8 waiting", true), ("webhook 2.8 async", false)] {
+        let hooks = dir.path().join("hooks.json");
+        let mut f = std::fs::File::create(&hooks).unwrap();
+        write!(
+            f,
+            "[{{\"id\":\"append\",\"execute-command\":\"{}\",\"command-working-directory\":\"{}\",\"include-command-output-in-response\":{wait}}}]",
+            script.display(),
+            dir.path().display()
+        )
+        .unwrap();
+        for c in [1, 64] {
+            let _ = std::fs::remove_file(&lines);
+            let port = free_port();
+            let mut wh = Command::new("webhook")
+                .args([
+                    "-hooks",
+                    hooks.to_str().unwrap(),
+                    "-ip",
+                    "127.0.0.1",
+                    "-port",
+                    &port.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("webhook runs (benches/run installs it)");
+            wait_port(port);
+            let idle = rss_mib(wh.id());
+            let load = wrk(&format!("http://127.0.0.1:{port}/hooks/append"), c, &post);
+            let rss_end = rss_mib(wh.id());
+            // Let commands still running finish before counting.
+            let count = || {
+                std::fs::read_to_string(&lines)
+                    .map(|t| t.lines().count() as u64)
+                    .unwrap_or(0)
+            };
+            let mut last = count();
+            while {
+                std::thread::sleep(Duration::from_millis(500));
+                let now = count();
+                let moving = now != last;
+                last = now;
+                moving
+            } {}
+            if wait {
+                webhook_wait.push((c, load.per_sec));
+            }
+            kill(&mut wh);
+            rows.push(Row {
+                name: name.into(),
+                connections: c,
+                load,
+                done: last,
+                rss_idle: idle,
+                rss_end,
+            });
+        }
+    }
+}
+
+/// 3. From the superseding trigger's 201 to the old build's process group being gone.
+fn cancel_latency() -> (f64, f64) {
+    let dir = TempDir::new("cmp-cancel");
+    let pidfile = dir.path().join("pid");
+    let build = format!(
+        "echo $$ > {}.tmp && mv {p}.tmp {p}; sleep 60 & sleep 60 & wait",
+        pidfile.display(),
+        p = pidfile.display()
+    );
+    let (d, path, _repo) = deployhook(&dir, &build, "workers = 1");
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let _ = std::fs::remove_file(&pidfile);
+        let id = d.trigger(&path);
+        d.wait_state(&id, "BUILDING", Duration::from_secs(30));
+        assert!(wait_until(Duration::from_secs(30), || pidfile.exists()));
+        std::thread::sleep(Duration::from_millis(50));
+        let pgid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let resp = http(d.public, "POST", &path, &[], b"");
+        let acked = Instant::now();
+        assert_eq!(resp.status, 201);
+        while group_alive(pgid) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        samples.push(acked.elapsed().as_secs_f64() * 1000.0);
+        d.wait_state(&id, "CANCELED", Duration::from_secs(10));
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (samples[samples.len() / 2], *samples.last().unwrap())
+}
+
+/// Whether a live (not zombie) process is still in group `pgid`.
+fn group_alive(pgid: i32) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            let mut rest = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace();
+            let state = rest.next();
+            let pgrp = rest.nth(1).and_then(|g| g.parse::<i32>().ok());
+            pgrp == Some(pgid) && state != Some("Z")
+        })
+}
+
+/// A repository of `files` files and `commits` commits, written with git fast-import.
+fn synthetic_repo(dir: &std::path::Path, files: usize, commits: usize) -> std::path::PathBuf {
+    let path = dir.join("big");
+    git(
+        dir,
+        &[
+            "init",
+            "-q",
+            "--initial-branch=main",
+            path.to_str().unwrap(),
+        ],
+    );
+    let mut stream = String::new();
+    for c in 0..commits {
+        let message = format!("commit {c}");
+        stream.push_str(&format!(
+            "commit refs/heads/main\ncommitter b <b@x> {} +0000\ndata {}\n{message}\n",
+            1_700_000_000 + c,
+            message.len()
+        ));
+        let stream_data = |s: &mut String, name: String, body: String| {
+            s.push_str(&format!(
+                "M 644 inline {name}\ndata {}\n{body}\n",
+                body.len()
+            ));
+        };
+        if c == 0 {
+            for f in 0..files {
+                stream_data(
+                    &mut stream,
+                    format!("src/d{}/file{f}.txt", f % 50),
+                    format!("file {f}\n{}", "lorem ipsum dolor sit amet\n".repeat(20)),
+                );
+            }
+        } else {
+            for k in 0..10 {
+                let f = (c * 37 + k * 101) % files;
+                stream_data(
+                    &mut stream,
+                    format!("src/d{}/file{f}.txt", f % 50),
+                    format!(
+                        "file {f} v{c}\n{}",
+                        "lorem ipsum dolor sit amet\n".repeat(20)
+                    ),
+                );
+            }
+        }
+    }
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(&path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stream.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    git(&path, &["checkout", "-q", "main"]);
+    path
+}
+
+/// 4. Job start to build command, against `git clone --depth 1`; returns (baseline, cold, warm) ms.
+fn checkout() -> (f64, f64, f64) {
+    let dir = TempDir::new("cmp-checkout");
+    let repo = synthetic_repo(dir.path(), 5000, 300);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let baseline = median(
+        (0..5)
+            .map(|i| {
+                let dst = dir.path().join(format!("plain{i}"));
+                let t0 = Instant::now();
+                let ok = Command::new("git")
+                    .args([
+                        "clone",
+                        "-q",
+                        "--depth",
+                        "1",
+                        "--single-branch",
+                        "--branch",
+                        "main",
+                    ])
+                    .arg(format!("file://{}", repo.display()))
+                    .arg(&dst)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok);
+                let t = t0.elapsed().as_secs_f64() * 1000.0;
+                std::fs::remove_dir_all(&dst).unwrap();
+                t
+            })
+            .collect(),
+    );
+    let out = dir.path().join("started");
+    let build = format!("date +%s%3N > {}", out.display());
+    let config = write_config(dir.path(), "", &[ProjectSpec::new("site", &repo, &build)]);
+    let d = Daemon::start(&config);
+    let (_, path) = d.create_hook("site", "main");
+    let mut times = Vec::new();
+    for i in 0..6 {
+        // A new commit before each job, as a real deploy has.
+        let file = repo.join(format!("src/d0/file{i}.txt"));
+        std::fs::write(&file, format!("change {i}\n")).unwrap();
+        git(&repo, &["commit", "-qam", "change"]);
+        let id = d.trigger(&path);
+        let job = d.wait_state(&id, "READY", Duration::from_secs(120));
+        let started = job["startedAt"].as_u64().unwrap() as f64;
+        let ran: f64 = std::fs::read_to_string(&out)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        times.push(ran - started);
+    }
+    let cold = times[0];
+    (baseline, cold, median(times[1..].to_vec()))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--ceiling") {
+        serve_ceiling(args[i + 1].parse().unwrap());
+    }
+    if Command::new("wrk").arg("--version").output().is_err()
+        || Command::new("webhook").arg("-version").output().is_err()
+    {
+        eprintln!("compare: needs wrk and webhook on PATH; run benches/run, which installs them");
+        return;
+    }
+    println!(
+        "deployhook comparison benchmark ({} cores; all servers on 127.0.0.1)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let (mut rows, mut ceiling, mut webhook_wait) = (Vec::new(), Vec::new(), Vec::new());
+    throughput(&mut rows, &mut ceiling, &mut webhook_wait);
+    print_rows(&rows, &ceiling, &webhook_wait);
+
+    let (median, max) = cancel_latency();
+    println!("\n3. Cancel latency, superseding 201 -> old build's process group gone (20 runs)");
+    println!("  median {median:.1} ms, max {max:.1} ms");
+    goal(
+        "cancel latency <= 50 ms",
+        max <= 50.0,
+        format!("{max:.1} ms max"),
+    );
+
+    let (baseline, cold, warm) = checkout();
+    println!("\n4. Checkout, job start -> build command running (5,000 files, 300 commits)");
+    println!("  git clone --depth 1 (file://), median of 5: {baseline:.0} ms");
+    println!(
+        "  deployhook, first job (mirror created):   {cold:.0} ms  ({:.2}x)",
+        cold / baseline
+    );
+    println!(
+        "  deployhook, next 5 jobs, median:           {warm:.0} ms  ({:.2}x)",
+        warm / baseline
+    );
+    goal(
+        "checkout <= 0.8x a shallow clone",
+        warm / baseline <= 0.8,
+        format!("{:.2}x", warm / baseline),
+    );
+}
