@@ -221,7 +221,7 @@ fn print_rows(rows: &[Row], ceiling: &[(u32, f64)], webhook_wait: &[(u32, f64)])
         );
         goal(
             "deployhook loses 0 acknowledged triggers",
-            acked == d.done,
+            d.done >= acked, // wrk leaves requests in flight at its end out of its count
             format!("{} lost", acked.saturating_sub(d.done)),
         );
         let rss = rows
@@ -518,7 +518,33 @@ fn synthetic_repo(dir: &std::path::Path, files: usize, commits: usize) -> std::p
     path
 }
 
-/// 4. Job start to build command, against `git clone --depth 1`; returns (baseline, cold, warm) ms.
+/// One plain `git clone --depth 1` of `repo` (file://, so it really is shallow), in ms; the
+/// tree is then removed.
+fn plain_clone(repo: &std::path::Path, dst: &std::path::Path) -> f64 {
+    let t0 = Instant::now();
+    let ok = Command::new("git")
+        .args([
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--branch",
+            "main",
+        ])
+        .arg(format!("file://{}", repo.display()))
+        .arg(dst)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let t = t0.elapsed().as_secs_f64() * 1000.0;
+    std::fs::remove_dir_all(dst).unwrap();
+    t
+}
+
+/// 4. Job start to build command, against `git clone --depth 1`, the two alternating so that
+/// both meet the same disk and cache state; returns (baseline, cold, warm) medians in ms.
 fn checkout() -> (f64, f64, f64) {
     let dir = TempDir::new("cmp-checkout");
     let repo = synthetic_repo(dir.path(), 5000, 300);
@@ -526,44 +552,18 @@ fn checkout() -> (f64, f64, f64) {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let baseline = median(
-        (0..5)
-            .map(|i| {
-                let dst = dir.path().join(format!("plain{i}"));
-                let t0 = Instant::now();
-                let ok = Command::new("git")
-                    .args([
-                        "clone",
-                        "-q",
-                        "--depth",
-                        "1",
-                        "--single-branch",
-                        "--branch",
-                        "main",
-                    ])
-                    .arg(format!("file://{}", repo.display()))
-                    .arg(&dst)
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok);
-                let t = t0.elapsed().as_secs_f64() * 1000.0;
-                std::fs::remove_dir_all(&dst).unwrap();
-                t
-            })
-            .collect(),
-    );
     let out = dir.path().join("started");
     let build = format!("date +%s%3N > {}", out.display());
     let config = write_config(dir.path(), "", &[ProjectSpec::new("site", &repo, &build)]);
     let d = Daemon::start(&config);
     let (_, path) = d.create_hook("site", "main");
-    let mut times = Vec::new();
-    for i in 0..6 {
+    let (mut plain, mut times) = (Vec::new(), Vec::new());
+    for i in 0..8 {
         // A new commit before each job, as a real deploy has.
-        let file = repo.join(format!("src/d0/file{i}.txt"));
+        let file = repo.join(format!("src/d0/file{}.txt", i * 50));
         std::fs::write(&file, format!("change {i}\n")).unwrap();
         git(&repo, &["commit", "-qam", "change"]);
+        plain.push(plain_clone(&repo, &dir.path().join("plain")));
         let id = d.trigger(&path);
         let job = d.wait_state(&id, "READY", Duration::from_secs(120));
         let started = job["startedAt"].as_u64().unwrap() as f64;
@@ -573,9 +573,11 @@ fn checkout() -> (f64, f64, f64) {
             .parse()
             .unwrap();
         times.push(ran - started);
+        // Let the janitor remove the finished tree before the next round, as it would between
+        // real deploys.
+        std::thread::sleep(Duration::from_millis(1500));
     }
-    let cold = times[0];
-    (baseline, cold, median(times[1..].to_vec()))
+    (median(plain), times[0], median(times[1..].to_vec()))
 }
 
 fn main() {
@@ -593,33 +595,43 @@ fn main() {
         "deployhook comparison benchmark ({} cores; all servers on 127.0.0.1)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let (mut rows, mut ceiling, mut webhook_wait) = (Vec::new(), Vec::new(), Vec::new());
-    throughput(&mut rows, &mut ceiling, &mut webhook_wait);
-    print_rows(&rows, &ceiling, &webhook_wait);
+    // COMPARE_ONLY=throughput, cancel or checkout runs one part.
+    let only = std::env::var("COMPARE_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
+    if part("throughput") {
+        let (mut rows, mut ceiling, mut webhook_wait) = (Vec::new(), Vec::new(), Vec::new());
+        throughput(&mut rows, &mut ceiling, &mut webhook_wait);
+        print_rows(&rows, &ceiling, &webhook_wait);
+    }
 
-    let (median, max) = cancel_latency();
-    println!("\n3. Cancel latency, superseding 201 -> old build's process group gone (20 runs)");
-    println!("  median {median:.1} ms, max {max:.1} ms");
-    goal(
-        "cancel latency <= 50 ms",
-        max <= 50.0,
-        format!("{max:.1} ms max"),
-    );
-
-    let (baseline, cold, warm) = checkout();
-    println!("\n4. Checkout, job start -> build command running (5,000 files, 300 commits)");
-    println!("  git clone --depth 1 (file://), median of 5: {baseline:.0} ms");
-    println!(
-        "  deployhook, first job (mirror created):   {cold:.0} ms  ({:.2}x)",
-        cold / baseline
-    );
-    println!(
-        "  deployhook, next 5 jobs, median:           {warm:.0} ms  ({:.2}x)",
-        warm / baseline
-    );
-    goal(
-        "checkout <= 0.8x a shallow clone",
-        warm / baseline <= 0.8,
-        format!("{:.2}x", warm / baseline),
-    );
+    if part("cancel") {
+        let (median, max) = cancel_latency();
+        println!(
+            "\n3. Cancel latency, superseding 201 -> old build's process group gone (20 runs)"
+        );
+        println!("  median {median:.1} ms, max {max:.1} ms");
+        goal(
+            "cancel latency <= 50 ms",
+            max <= 50.0,
+            format!("{max:.1} ms max"),
+        );
+    }
+    if part("checkout") {
+        let (baseline, cold, warm) = checkout();
+        println!("\n4. Checkout, job start -> build command running (5,000 files, 300 commits)");
+        println!("  git clone --depth 1 (file://), median of 8: {baseline:.0} ms");
+        println!(
+            "  deployhook, first job (mirror created):   {cold:.0} ms  ({:.2}x)",
+            cold / baseline
+        );
+        println!(
+            "  deployhook, next 7 jobs, median:           {warm:.0} ms  ({:.2}x)",
+            warm / baseline
+        );
+        goal(
+            "checkout <= 0.8x a shallow clone",
+            warm / baseline <= 0.8,
+            format!("{:.2}x", warm / baseline),
+        );
+    }
 }

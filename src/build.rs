@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -404,6 +404,7 @@ fn checkout(
     dir: &Path,
     steps: &Steps,
 ) -> Option<Option<Verdict>> {
+    let _running = CheckoutRunning::start();
     let mirror = config.mirrors_dir().join(format!("{}.git", project.name));
     let branch_ref = format!("+refs/heads/{b}:refs/heads/{b}", b = job.branch);
     for attempt in 0..2 {
@@ -774,16 +775,54 @@ pub fn reap_orphans(journal: &Journal) -> usize {
     reaped
 }
 
+/// Checkouts running now. Deleting a finished tree while another is being written slows the
+/// checkout several times over on some file systems, so the janitor waits for this to be 0.
+static CHECKOUTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one running checkout while alive.
+struct CheckoutRunning;
+
+impl CheckoutRunning {
+    fn start() -> CheckoutRunning {
+        CHECKOUTS.fetch_add(1, Relaxed);
+        CheckoutRunning
+    }
+}
+
+impl Drop for CheckoutRunning {
+    fn drop(&mut self) {
+        CHECKOUTS.fetch_sub(1, Relaxed);
+    }
+}
+
+fn wait_for_no_checkout() {
+    while CHECKOUTS.load(Relaxed) > 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes a tree entry by entry, pausing whenever a checkout runs; links are not followed.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for (i, entry) in std::fs::read_dir(path)?.enumerate() {
+            if i % 64 == 0 {
+                wait_for_no_checkout();
+            }
+            remove_tree(&entry?.path())?;
+        }
+        std::fs::remove_dir(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
 /// Removes finished build directories and pruned logs off the critical path of builds and
-/// triggers.
+/// triggers: in the background, and never while a checkout is writing its tree.
 pub fn janitor(paths: Receiver<PathBuf>) {
     for path in paths {
-        let removed = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        if let Err(e) = removed {
+        wait_for_no_checkout();
+        if let Err(e) = remove_tree(&path) {
             if e.kind() != io::ErrorKind::NotFound {
                 log::warn!("cannot remove {}: {e}", path.display());
             }
