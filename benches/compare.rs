@@ -543,8 +543,8 @@ fn plain_clone(repo: &std::path::Path, dst: &std::path::Path) -> f64 {
     t
 }
 
-/// 4. Job start to build command, against `git clone --depth 1`, the two alternating so that
-/// both meet the same disk and cache state; returns (baseline, cold, warm) medians in ms.
+/// Part 4: job start to build command, against `git clone --depth 1`, the two alternating so
+/// that both meet the same disk and cache state; returns (baseline, cold, warm) medians in ms.
 fn checkout() -> (f64, f64, f64) {
     let dir = TempDir::new("cmp-checkout");
     let repo = synthetic_repo(dir.path(), 5000, 300);
