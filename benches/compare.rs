@@ -424,7 +424,7 @@ fn cancel_latency() -> (f64, f64) {
         let resp = http(d.public, "POST", &path, &[], b"");
         let acked = Instant::now();
         assert_eq!(resp.status, 201);
-        while group_alive(pgid) {
+        while deployhook::build::group_alive(pgid) {
             std::thread::sleep(Duration::from_micros(200));
         }
         samples.push(acked.elapsed().as_secs_f64() * 1000.0);
@@ -432,25 +432,6 @@ fn cancel_latency() -> (f64, f64) {
     }
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (samples[samples.len() / 2], *samples.last().unwrap())
-}
-
-/// Whether a live (not zombie) process is still in group `pgid`.
-fn group_alive(pgid: i32) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                return false;
-            };
-            let mut rest = stat
-                .rsplit_once(')')
-                .map_or("", |(_, r)| r)
-                .split_whitespace();
-            let state = rest.next();
-            let pgrp = rest.nth(1).and_then(|g| g.parse::<i32>().ok());
-            pgrp == Some(pgid) && state != Some("Z")
-        })
 }
 
 /// A repository of `files` files and `commits` commits, written with git fast-import.

@@ -753,6 +753,11 @@ fn terminate(child: &mut Child, pgid: i32, job_id: &str, grace: Duration) {
     let _ = child.wait();
 }
 
+/// Whether a live (not zombie) process is still in process group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    sys::group_exists(pgid)
+}
+
 /// SIGKILLs every process whose environment carries this job's id (they escaped the group).
 pub fn kill_by_job_id(job_id: &str) {
     for pid in sys::processes_with_env("DEPLOYHOOK_JOB_ID", job_id) {

@@ -101,17 +101,6 @@ fn prepare_state(config: &Config, janitor: &Sender<PathBuf>) -> Result<(), Daemo
     Ok(())
 }
 
-fn queued(row: &crate::journal::JobRow, restarted: bool) -> QueuedJob {
-    QueuedJob {
-        id: row.job.id.clone(),
-        hook_id: row.job.hook_id.clone(),
-        hook_name: row.hook_name.clone(),
-        project: row.job.project.clone(),
-        branch: row.job.branch.clone(),
-        restarted,
-    }
-}
-
 /// Sends every open job to the scheduler. A job found BUILDING was interrupted by a crash: any
 /// of its processes that outlived the old daemon are killed before it starts over.
 fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalError> {
@@ -130,7 +119,7 @@ fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalEr
             );
         }
         let _ = events.send(Event::Queued {
-            job: queued(row, interrupted),
+            job: QueuedJob::from_row(row, interrupted),
             superseded: None,
         });
     }
@@ -173,7 +162,7 @@ fn on_commit(
                 metrics.job_entered(JobState::Canceled);
             }
             let _ = events.send(Event::Queued {
-                job: queued(row, false),
+                job: QueuedJob::from_row(row, false),
                 superseded: superseded.as_ref().map(|(id, _)| id.clone()),
             });
         }

@@ -29,6 +29,20 @@ pub struct QueuedJob {
     pub restarted: bool,
 }
 
+impl QueuedJob {
+    /// The scheduler's view of a stored job.
+    pub fn from_row(row: &crate::journal::JobRow, restarted: bool) -> QueuedJob {
+        QueuedJob {
+            id: row.job.id.clone(),
+            hook_id: row.job.hook_id.clone(),
+            hook_name: row.hook_name.clone(),
+            project: row.job.project.clone(),
+            branch: row.job.branch.clone(),
+            restarted,
+        }
+    }
+}
+
 /// What the plan asks the scheduler thread to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

@@ -56,17 +56,6 @@ fn open_journal(dir: &TempDir) -> (Journal, std::thread::JoinHandle<()>) {
     (journal, handle)
 }
 
-fn queued(row: &deployhook::journal::JobRow) -> QueuedJob {
-    QueuedJob {
-        id: row.job.id.clone(),
-        hook_id: row.job.hook_id.clone(),
-        hook_name: row.hook_name.clone(),
-        project: row.job.project.clone(),
-        branch: row.job.branch.clone(),
-        restarted: false,
-    }
-}
-
 impl System {
     fn new() -> System {
         let dir = TempDir::in_memory("model");
@@ -136,9 +125,10 @@ impl System {
         let Outcome::Triggered { row, superseded } = out else {
             panic!("{out:?}")
         };
-        let actions = self
-            .plan
-            .queued(queued(&row), superseded.as_ref().map(|(id, _)| id.as_str()));
+        let actions = self.plan.queued(
+            QueuedJob::from_row(&row, false),
+            superseded.as_ref().map(|(id, _)| id.as_str()),
+        );
         self.apply(actions);
     }
 
@@ -178,7 +168,7 @@ impl System {
                     })
                     .unwrap();
             }
-            let actions = self.plan.queued(queued(&row), None);
+            let actions = self.plan.queued(QueuedJob::from_row(&row, false), None);
             self.apply(actions);
         }
     }
