@@ -35,8 +35,11 @@ use std::time::{Duration, Instant};
 
 const HOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("hooks");
 const HOOK_SECRETS: TableDefinition<&[u8], &str> = TableDefinition::new("hook_secrets");
-const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
-const JOBS_BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("jobs_by_seq");
+/// Job rows keyed by sequence number: new jobs append at the right edge of the tree and the
+/// jobs a trigger updates are recent ones, so a batch dirties few pages.
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_rows");
+/// Job id -> sequence number.
+const JOB_IDS: TableDefinition<&str, u64> = TableDefinition::new("job_ids");
 const JOBS_BY_HOOK: TableDefinition<(&str, u64), &str> = TableDefinition::new("jobs_by_hook");
 const JOBS_BY_PROJECT: TableDefinition<(&str, u64), &str> = TableDefinition::new("jobs_by_project");
 const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::new("open_by_hook");
@@ -361,7 +364,7 @@ fn create_tables(db: &Database) -> Result<(), JournalError> {
         txn.open_table(HOOKS)?;
         txn.open_table(HOOK_SECRETS)?;
         txn.open_table(JOBS)?;
-        txn.open_table(JOBS_BY_SEQ)?;
+        txn.open_table(JOB_IDS)?;
         txn.open_table(JOBS_BY_HOOK)?;
         txn.open_table(JOBS_BY_PROJECT)?;
         txn.open_table(OPEN_BY_HOOK)?;
@@ -455,11 +458,9 @@ impl Journal {
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
         let txn = self.read()?;
+        let ids = txn.open_table(JOB_IDS)?;
         let jobs = txn.open_table(JOBS)?;
-        Ok(match jobs.get(id)? {
-            Some(raw) => Some(serde_json::from_slice(raw.value())?),
-            None => None,
-        })
+        row_by_id(&ids, &jobs, id)
     }
 
     pub fn hooks(&self) -> Result<Vec<Hook>, JournalError> {
@@ -481,12 +482,13 @@ impl Journal {
     pub fn open_jobs(&self) -> Result<Vec<JobRow>, JournalError> {
         let txn = self.read()?;
         let open = txn.open_table(OPEN_BY_HOOK)?;
+        let ids = txn.open_table(JOB_IDS)?;
         let jobs = txn.open_table(JOBS)?;
         let mut out = Vec::new();
         for entry in open.iter()? {
             let (_, job_id) = entry?;
-            if let Some(raw) = jobs.get(job_id.value())? {
-                out.push(serde_json::from_slice::<JobRow>(raw.value())?);
+            if let Some(row) = row_by_id(&ids, &jobs, job_id.value())? {
+                out.push(row);
             }
         }
         out.sort_by_key(|r| r.seq);
@@ -516,10 +518,10 @@ impl Journal {
         let mut scanned = 0usize;
         let mut last_seq = None;
         let mut exhausted = true;
-        let mut visit = |seq: u64, id: &str| -> Result<bool, JournalError> {
+        let mut visit = |seq: u64| -> Result<bool, JournalError> {
             scanned += 1;
             last_seq = Some(seq);
-            if let Some(raw) = jobs.get(id)? {
+            if let Some(raw) = jobs.get(seq)? {
                 let row: JobRow = serde_json::from_slice(raw.value())?;
                 if filter.matches(&row) {
                     rows.push(row);
@@ -533,8 +535,8 @@ impl Journal {
                 .range((hook.as_str(), 0)..(hook.as_str(), before))?
                 .rev()
             {
-                let (key, id) = entry?;
-                if !visit(key.value().1, id.value())? {
+                let (key, _) = entry?;
+                if !visit(key.value().1)? {
                     exhausted = false;
                     break;
                 }
@@ -545,17 +547,21 @@ impl Journal {
                 .range((project.as_str(), 0)..(project.as_str(), before))?
                 .rev()
             {
-                let (key, id) = entry?;
-                if !visit(key.value().1, id.value())? {
+                let (key, _) = entry?;
+                if !visit(key.value().1)? {
                     exhausted = false;
                     break;
                 }
             }
         } else {
-            let index = txn.open_table(JOBS_BY_SEQ)?;
-            for entry in index.range(0..before)?.rev() {
-                let (seq, id) = entry?;
-                if !visit(seq.value(), id.value())? {
+            let seqs: Vec<u64> = jobs
+                .range(0..before)?
+                .rev()
+                .take(MAX_LIST_SCAN)
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            for seq in seqs {
+                if !visit(seq)? {
                     exhausted = false;
                     break;
                 }
@@ -564,6 +570,20 @@ impl Journal {
         let next = if exhausted { None } else { last_seq };
         Ok((rows, next))
     }
+}
+
+fn row_by_id(
+    ids: &impl ReadableTable<&'static str, u64>,
+    jobs: &impl ReadableTable<u64, &'static [u8]>,
+    id: &str,
+) -> Result<Option<JobRow>, JournalError> {
+    let Some(seq) = ids.get(id)? else {
+        return Ok(None);
+    };
+    Ok(match jobs.get(seq.value())? {
+        Some(raw) => Some(serde_json::from_slice(raw.value())?),
+        None => None,
+    })
 }
 
 /// A listing request; `limit` is already validated.
@@ -699,8 +719,8 @@ impl Writer {
 struct Tables<'t> {
     hooks: Table<'t, &'static str, &'static [u8]>,
     secrets: Table<'t, &'static [u8], &'static str>,
-    jobs: Table<'t, &'static str, &'static [u8]>,
-    by_seq: Table<'t, u64, &'static str>,
+    jobs: Table<'t, u64, &'static [u8]>,
+    ids: Table<'t, &'static str, u64>,
     by_hook: Table<'t, (&'static str, u64), &'static str>,
     by_project: Table<'t, (&'static str, u64), &'static str>,
     open: Table<'t, &'static str, &'static str>,
@@ -726,7 +746,7 @@ impl<'t> Tables<'t> {
             hooks: txn.open_table(HOOKS)?,
             secrets: txn.open_table(HOOK_SECRETS)?,
             jobs: txn.open_table(JOBS)?,
-            by_seq: txn.open_table(JOBS_BY_SEQ)?,
+            ids: txn.open_table(JOB_IDS)?,
             by_hook: txn.open_table(JOBS_BY_HOOK)?,
             by_project: txn.open_table(JOBS_BY_PROJECT)?,
             open: txn.open_table(OPEN_BY_HOOK)?,
@@ -830,15 +850,12 @@ impl<'t> Tables<'t> {
     }
 
     fn get_job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
-        Ok(match self.jobs.get(id)? {
-            Some(raw) => Some(serde_json::from_slice(raw.value())?),
-            None => None,
-        })
+        row_by_id(&self.ids, &self.jobs, id)
     }
 
     fn put_job(&mut self, row: &JobRow) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(row)?;
-        self.jobs.insert(row.job.id.as_str(), bytes.as_slice())?;
+        self.jobs.insert(row.seq, bytes.as_slice())?;
         Ok(())
     }
 
@@ -951,7 +968,7 @@ impl<'t> Tables<'t> {
         };
         self.put_job(&row)?;
         self.account(&row, None)?;
-        self.by_seq.insert(seq, job_id)?;
+        self.ids.insert(job_id, seq)?;
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
         self.by_project.insert((project, seq), job_id)?;
         self.open.insert(hook_id.as_str(), job_id)?;
@@ -1017,8 +1034,8 @@ impl<'t> Tables<'t> {
                 if !row.job.state.is_terminal() {
                     continue;
                 }
-                self.jobs.remove(id.as_str())?;
-                self.by_seq.remove(seq)?;
+                self.jobs.remove(seq)?;
+                self.ids.remove(id.as_str())?;
                 self.by_hook.remove((hook.as_str(), seq))?;
                 self.by_project.remove((row.job.project.as_str(), seq))?;
                 self.bump(row.job.state.counter_key(), -1);
