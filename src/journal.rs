@@ -35,11 +35,8 @@ use std::time::{Duration, Instant};
 
 const HOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("hooks");
 const HOOK_SECRETS: TableDefinition<&[u8], &str> = TableDefinition::new("hook_secrets");
-/// Job rows keyed by sequence number: new jobs append at the right edge of the tree and the
-/// jobs a trigger updates are recent ones, so a batch dirties few pages.
-const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_rows");
-/// Job id -> sequence number.
-const JOB_IDS: TableDefinition<&str, u64> = TableDefinition::new("job_ids");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const JOBS_BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("jobs_by_seq");
 const JOBS_BY_HOOK: TableDefinition<(&str, u64), &str> = TableDefinition::new("jobs_by_hook");
 const JOBS_BY_PROJECT: TableDefinition<(&str, u64), &str> = TableDefinition::new("jobs_by_project");
 const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::new("open_by_hook");
@@ -364,7 +361,7 @@ fn create_tables(db: &Database) -> Result<(), JournalError> {
         txn.open_table(HOOKS)?;
         txn.open_table(HOOK_SECRETS)?;
         txn.open_table(JOBS)?;
-        txn.open_table(JOB_IDS)?;
+        txn.open_table(JOBS_BY_SEQ)?;
         txn.open_table(JOBS_BY_HOOK)?;
         txn.open_table(JOBS_BY_PROJECT)?;
         txn.open_table(OPEN_BY_HOOK)?;
@@ -458,9 +455,11 @@ impl Journal {
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
         let txn = self.read()?;
-        let ids = txn.open_table(JOB_IDS)?;
         let jobs = txn.open_table(JOBS)?;
-        row_by_id(&ids, &jobs, id)
+        Ok(match jobs.get(id)? {
+            Some(raw) => Some(serde_json::from_slice(raw.value())?),
+            None => None,
+        })
     }
 
     pub fn hooks(&self) -> Result<Vec<Hook>, JournalError> {
@@ -482,13 +481,12 @@ impl Journal {
     pub fn open_jobs(&self) -> Result<Vec<JobRow>, JournalError> {
         let txn = self.read()?;
         let open = txn.open_table(OPEN_BY_HOOK)?;
-        let ids = txn.open_table(JOB_IDS)?;
         let jobs = txn.open_table(JOBS)?;
         let mut out = Vec::new();
         for entry in open.iter()? {
             let (_, job_id) = entry?;
-            if let Some(row) = row_by_id(&ids, &jobs, job_id.value())? {
-                out.push(row);
+            if let Some(raw) = jobs.get(job_id.value())? {
+                out.push(serde_json::from_slice::<JobRow>(raw.value())?);
             }
         }
         out.sort_by_key(|r| r.seq);
@@ -518,10 +516,10 @@ impl Journal {
         let mut scanned = 0usize;
         let mut last_seq = None;
         let mut exhausted = true;
-        let mut visit = |seq: u64| -> Result<bool, JournalError> {
+        let mut visit = |seq: u64, id: &str| -> Result<bool, JournalError> {
             scanned += 1;
             last_seq = Some(seq);
-            if let Some(raw) = jobs.get(seq)? {
+            if let Some(raw) = jobs.get(id)? {
                 let row: JobRow = serde_json::from_slice(raw.value())?;
                 if filter.matches(&row) {
                     rows.push(row);
@@ -535,8 +533,8 @@ impl Journal {
                 .range((hook.as_str(), 0)..(hook.as_str(), before))?
                 .rev()
             {
-                let (key, _) = entry?;
-                if !visit(key.value().1)? {
+                let (key, id) = entry?;
+                if !visit(key.value().1, id.value())? {
                     exhausted = false;
                     break;
                 }
@@ -547,21 +545,17 @@ impl Journal {
                 .range((project.as_str(), 0)..(project.as_str(), before))?
                 .rev()
             {
-                let (key, _) = entry?;
-                if !visit(key.value().1)? {
+                let (key, id) = entry?;
+                if !visit(key.value().1, id.value())? {
                     exhausted = false;
                     break;
                 }
             }
         } else {
-            let seqs: Vec<u64> = jobs
-                .range(0..before)?
-                .rev()
-                .take(MAX_LIST_SCAN)
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()?;
-            for seq in seqs {
-                if !visit(seq)? {
+            let index = txn.open_table(JOBS_BY_SEQ)?;
+            for entry in index.range(0..before)?.rev() {
+                let (seq, id) = entry?;
+                if !visit(seq.value(), id.value())? {
                     exhausted = false;
                     break;
                 }
@@ -570,20 +564,6 @@ impl Journal {
         let next = if exhausted { None } else { last_seq };
         Ok((rows, next))
     }
-}
-
-fn row_by_id(
-    ids: &impl ReadableTable<&'static str, u64>,
-    jobs: &impl ReadableTable<u64, &'static [u8]>,
-    id: &str,
-) -> Result<Option<JobRow>, JournalError> {
-    let Some(seq) = ids.get(id)? else {
-        return Ok(None);
-    };
-    Ok(match jobs.get(seq.value())? {
-        Some(raw) => Some(serde_json::from_slice(raw.value())?),
-        None => None,
-    })
 }
 
 /// A listing request; `limit` is already validated.
@@ -719,8 +699,8 @@ impl Writer {
 struct Tables<'t> {
     hooks: Table<'t, &'static str, &'static [u8]>,
     secrets: Table<'t, &'static [u8], &'static str>,
-    jobs: Table<'t, u64, &'static [u8]>,
-    ids: Table<'t, &'static str, u64>,
+    jobs: Table<'t, &'static str, &'static [u8]>,
+    by_seq: Table<'t, u64, &'static str>,
     by_hook: Table<'t, (&'static str, u64), &'static str>,
     by_project: Table<'t, (&'static str, u64), &'static str>,
     open: Table<'t, &'static str, &'static str>,
@@ -746,7 +726,7 @@ impl<'t> Tables<'t> {
             hooks: txn.open_table(HOOKS)?,
             secrets: txn.open_table(HOOK_SECRETS)?,
             jobs: txn.open_table(JOBS)?,
-            ids: txn.open_table(JOB_IDS)?,
+            by_seq: txn.open_table(JOBS_BY_SEQ)?,
             by_hook: txn.open_table(JOBS_BY_HOOK)?,
             by_project: txn.open_table(JOBS_BY_PROJECT)?,
             open: txn.open_table(OPEN_BY_HOOK)?,
@@ -850,12 +830,15 @@ impl<'t> Tables<'t> {
     }
 
     fn get_job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
-        row_by_id(&self.ids, &self.jobs, id)
+        Ok(match self.jobs.get(id)? {
+            Some(raw) => Some(serde_json::from_slice(raw.value())?),
+            None => None,
+        })
     }
 
     fn put_job(&mut self, row: &JobRow) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(row)?;
-        self.jobs.insert(row.seq, bytes.as_slice())?;
+        self.jobs.insert(row.job.id.as_str(), bytes.as_slice())?;
         Ok(())
     }
 
@@ -968,7 +951,7 @@ impl<'t> Tables<'t> {
         };
         self.put_job(&row)?;
         self.account(&row, None)?;
-        self.ids.insert(job_id, seq)?;
+        self.by_seq.insert(seq, job_id)?;
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
         self.by_project.insert((project, seq), job_id)?;
         self.open.insert(hook_id.as_str(), job_id)?;
@@ -1034,8 +1017,8 @@ impl<'t> Tables<'t> {
                 if !row.job.state.is_terminal() {
                     continue;
                 }
-                self.jobs.remove(seq)?;
-                self.ids.remove(id.as_str())?;
+                self.jobs.remove(id.as_str())?;
+                self.by_seq.remove(seq)?;
                 self.by_hook.remove((hook.as_str(), seq))?;
                 self.by_project.remove((row.job.project.as_str(), seq))?;
                 self.bump(row.job.state.counter_key(), -1);
