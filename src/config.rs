@@ -61,7 +61,7 @@ pub struct Project {
 
 impl Config {
     pub fn journal_path(&self) -> PathBuf {
-        self.state_dir.join("journal.redb")
+        self.state_dir.join(crate::journal::FILE_NAME)
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")

@@ -47,6 +47,9 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Hook id -> its last trigger time (kept apart so a trigger does not rewrite the hook row).
 const HOOK_LAST: TableDefinition<&str, u64> = TableDefinition::new("hook_last_triggered");
 
+/// The journal's file name inside `state_dir`.
+pub const FILE_NAME: &str = "journal.redb";
+
 /// Least time between two attempts to reopen a failed journal.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for readers to let go of a failed database before it is reopened.
@@ -340,7 +343,7 @@ fn builder() -> redb::Builder {
 /// database. A new journal is made complete under a temporary name, synced, then renamed.
 fn open_database(path: &Path) -> Result<Database, JournalError> {
     if !path.exists() {
-        let fresh = path.with_extension("redb.new");
+        let fresh = path.with_extension("new");
         let _ = std::fs::remove_file(&fresh);
         let db = builder().create(&fresh)?;
         create_tables(&db)?;
@@ -1233,11 +1236,11 @@ mod tests {
         let d = tempdir::Dir::new();
         let path = d.path().join("j.redb");
         // What a crash during creation leaves: the temporary file, never the journal itself.
-        std::fs::write(path.with_extension("redb.new"), vec![0u8; 4096]).unwrap();
+        std::fs::write(path.with_extension("new"), vec![0u8; 4096]).unwrap();
         let (j, writer) = Journal::open(&path).unwrap();
         std::thread::spawn(move || writer.run(|_| {}, |_| {}));
         hook(&j, "hook_a", "s1");
-        assert!(!path.with_extension("redb.new").exists());
+        assert!(!path.with_extension("new").exists());
     }
 
     #[test]

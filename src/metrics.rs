@@ -77,7 +77,7 @@ const COMMIT_BOUNDS: &[f64] = &[
 
 pub struct Metrics {
     triggers: [AtomicU64; 3],
-    jobs_finished: [AtomicU64; 5],
+    jobs_entered: [AtomicU64; 5],
     pub queue_depth: AtomicU64,
     pub workers_busy: AtomicU64,
     pub workers_total: AtomicU64,
@@ -91,7 +91,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             triggers: Default::default(),
-            jobs_finished: Default::default(),
+            jobs_entered: Default::default(),
             queue_depth: AtomicU64::new(0),
             workers_busy: AtomicU64::new(0),
             workers_total: AtomicU64::new(0),
@@ -114,7 +114,7 @@ impl Metrics {
 
     /// A job entered `state` (created as PENDING, started, or finished).
     pub fn job_entered(&self, state: JobState) {
-        self.jobs_finished[state_index(state)].fetch_add(1, Relaxed);
+        self.jobs_entered[state_index(state)].fetch_add(1, Relaxed);
     }
 
     pub fn commit(&self, ops: usize, seconds: f64) {
@@ -139,53 +139,51 @@ impl Metrics {
         out.push_str("# HELP deployhook_jobs_total Jobs that entered each state.\n");
         out.push_str("# TYPE deployhook_jobs_total counter\n");
         for s in JobState::ALL {
-            let n = self.jobs_finished[state_index(s)].load(Relaxed);
+            let n = self.jobs_entered[state_index(s)].load(Relaxed);
             let _ = writeln!(out, "deployhook_jobs_total{{state=\"{}\"}} {n}", s.as_str());
         }
-        let gauges = [
+        let scalars = [
             (
                 "deployhook_queue_depth",
+                "gauge",
                 "Jobs waiting for a build thread.",
                 self.queue_depth.load(Relaxed),
             ),
             (
                 "deployhook_workers_busy",
+                "gauge",
                 "Build threads running a job.",
                 self.workers_busy.load(Relaxed),
             ),
             (
                 "deployhook_workers",
+                "gauge",
                 "Build threads configured.",
                 self.workers_total.load(Relaxed),
             ),
             (
                 "deployhook_journal_bytes",
+                "gauge",
                 "Size of the journal file.",
                 journal_bytes,
             ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
-        let counters = [
             (
                 "deployhook_journal_commits_total",
+                "counter",
                 "Journal write transactions committed.",
                 self.commits.load(Relaxed),
             ),
             (
                 "deployhook_journal_ops_total",
+                "counter",
                 "Journal operations committed (ops / commits = batch size).",
                 self.committed_ops.load(Relaxed),
             ),
         ];
-        for (name, help, value) in counters {
+        for (name, kind, help, value) in scalars {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
         self.build_duration.render(

@@ -10,7 +10,12 @@ pub const ENV_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// Sends one notification (`READY=1`, `WATCHDOG=1`, …) if systemd asked for them.
 pub fn send(state: &str) -> io::Result<bool> {
-    let Some(target) = std::env::var_os(ENV_SOCKET) else {
+    send_to(std::env::var_os(ENV_SOCKET).as_deref(), state)
+}
+
+/// Sends `state` to `target` (`$NOTIFY_SOCKET`'s value); `Ok(false)` when there is none.
+fn send_to(target: Option<&std::ffi::OsStr>, state: &str) -> io::Result<bool> {
+    let Some(target) = target else {
         return Ok(false);
     };
     let target = target.to_string_lossy().into_owned();
@@ -77,10 +82,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unset_socket_is_a_no_op() {
-        // The test runner is not started by systemd.
-        if std::env::var_os(ENV_SOCKET).is_none() {
-            assert!(!send("READY=1").unwrap());
-        }
+    fn notifications_reach_path_and_abstract_sockets() {
+        assert!(!send_to(None, "READY=1").unwrap());
+        assert!(send_to(Some("relative/path".as_ref()), "READY=1").is_err());
+
+        let path = std::env::temp_dir().join(format!("deployhook-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixDatagram::bind(&path).unwrap();
+        assert!(send_to(Some(path.as_os_str()), "READY=1").unwrap());
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        std::fs::remove_file(&path).unwrap();
+
+        let name = format!("deployhook-notify-{}", std::process::id());
+        let abs =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        assert!(send_to(Some(format!("@{name}").as_ref()), "WATCHDOG=1").unwrap());
+        let n = abs.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
     }
 }

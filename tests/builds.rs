@@ -32,23 +32,7 @@ fn a_job_builds_the_branch_head_and_records_the_commit() {
     assert_eq!(job["error"], serde_json::Value::Null);
     assert!(job["startedAt"].as_u64().unwrap() >= job["createdAt"].as_u64().unwrap());
     assert!(job["finishedAt"].as_u64().unwrap() >= job["startedAt"].as_u64().unwrap());
-    assert_eq!(
-        keys(&job),
-        [
-            "id",
-            "hookId",
-            "project",
-            "branch",
-            "state",
-            "createdAt",
-            "startedAt",
-            "finishedAt",
-            "commit",
-            "exitCode",
-            "error",
-            "canceledBy"
-        ]
-    );
+    assert_eq!(keys(&job), JOB_KEYS);
     let log = s.daemon.job_log(&id);
     for needle in [
         "[deployhook] $ git clone",
@@ -276,4 +260,36 @@ fn a_damaged_mirror_is_rebuilt_and_stale_locks_are_cleared() {
     let job = s.daemon.wait_state(&third, "READY", T);
     assert_eq!(job["commit"], head.as_str());
     assert!(s.daemon.job_log(&third).contains("\nsecond\n"));
+}
+
+/// The commit is in the journal before the build command runs: the build asks the status
+/// listener for its own job and finds it BUILDING with the commit set.
+#[test]
+fn the_commit_is_recorded_before_the_build_runs() {
+    let dir = TempDir::new("bcommit");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let out = dir.path().join("job.json");
+    let build = format!(
+        "curl -fsS \"http://$STATUS/jobs/$DEPLOYHOOK_JOB_ID\" > {}",
+        out.display()
+    );
+    let config = write_config(
+        dir.path(),
+        "",
+        &[ProjectSpec::new("site", &repo.path, &build)],
+    );
+    let d = Daemon::start(&config);
+    // The status address is known once bound: hand it to builds through a reload.
+    let mut p = ProjectSpec::new("site", &repo.path, &build);
+    p.env = vec![("STATUS".into(), d.status.to_string())];
+    write_config(dir.path(), "", &[p]);
+    d.signal("HUP");
+    assert!(d.wait_log("config reloaded", Duration::from_secs(5)));
+    let (_, path) = d.create_hook("site", "main");
+    let id = d.trigger(&path);
+    d.wait_state(&id, "READY", T);
+    let seen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(seen["job"]["state"], "BUILDING");
+    assert_eq!(seen["job"]["commit"], repo.head().as_str());
 }

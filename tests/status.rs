@@ -137,7 +137,7 @@ fn jobs_are_listed_newest_first_filtered_and_paged() {
     assert_eq!(ids[0], blog_job);
     assert_eq!(ids[1], site_jobs[4]);
     assert_eq!(all["next"], Value::Null);
-    assert_eq!(keys(&all["jobs"][0]).len(), 12);
+    assert_eq!(keys(&all["jobs"][0]), JOB_KEYS);
 
     let by_hook = get(&d, &format!("/jobs?hook={site_hook}&limit=2")).json();
     let page1: Vec<&str> = by_hook["jobs"]
@@ -197,17 +197,7 @@ fn jobs_are_listed_newest_first_filtered_and_paged() {
     }
     let hooks = get(&d, "/hooks").json();
     assert_eq!(hooks["hooks"].as_array().unwrap().len(), 2);
-    assert_eq!(
-        keys(&hooks["hooks"][0]),
-        [
-            "id",
-            "name",
-            "project",
-            "branch",
-            "createdAt",
-            "lastTriggeredAt"
-        ]
-    );
+    assert_eq!(keys(&hooks["hooks"][0]), HOOK_KEYS);
 }
 
 #[test]
@@ -336,17 +326,9 @@ fn metrics_use_the_prometheus_text_format() {
 #[test]
 fn the_dashboard_lists_jobs_and_escapes_what_it_prints() {
     let s = setup("sdash", "exit 2", &[("a", "1")], "");
-    let out = s.daemon.cli(&[
-        "hooks",
-        "create",
-        "--project",
-        "site",
-        "--name",
-        "<script>alert(1)</script>",
-        "--branch",
-        "main",
-        "--json",
-    ]);
+    let out = s
+        .daemon
+        .hooks_create("site", "<script>alert(1)</script>", "main", true);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let path = v["url"]
         .as_str()

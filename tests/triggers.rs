@@ -131,17 +131,7 @@ fn hooks_list_shows_the_hook_fields_and_never_a_secret() {
     assert!(!text.contains(&secret));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let hook = &v["hooks"][0];
-    assert_eq!(
-        keys(hook),
-        [
-            "id",
-            "name",
-            "project",
-            "branch",
-            "createdAt",
-            "lastTriggeredAt"
-        ]
-    );
+    assert_eq!(keys(hook), HOOK_KEYS);
     assert_eq!(hook["id"], s.hook.as_str());
     assert!(hook["lastTriggeredAt"].as_u64().is_some());
     let table = s.daemon.cli(&["hooks", "list"]);
@@ -200,28 +190,10 @@ fn creating_a_hook_checks_project_branch_and_name() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     let long = "n".repeat(101);
-    let out = s.daemon.cli(&[
-        "hooks",
-        "create",
-        "--project",
-        "site",
-        "--name",
-        &long,
-        "--branch",
-        "main",
-    ]);
+    let out = s.daemon.hooks_create("site", &long, "main", false);
     assert_eq!(out.status.code(), Some(1));
     // The plain form prints the URL alone on stdout.
-    let out = s.daemon.cli(&[
-        "hooks",
-        "create",
-        "--project",
-        "site",
-        "--name",
-        "CMS",
-        "--branch",
-        "main",
-    ]);
+    let out = s.daemon.hooks_create("site", "CMS", "main", false);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1);
     assert!(stdout.starts_with(&format!(
@@ -248,4 +220,44 @@ fn the_admin_socket_can_be_shared_with_a_group() {
     let meta = std::fs::metadata(s.dir.path().join("admin.sock")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), 0);
+}
+
+/// Group commit: triggers arriving together share journal commits (one fsync per batch).
+#[test]
+fn concurrent_triggers_share_journal_commits() {
+    let s = setup("tgroup", "true", &[("a", "1")], "");
+    let metric = |name: &str| -> f64 {
+        let text = http(s.daemon.status, "GET", "/metrics", &[], b"").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (c0, o0) = (
+        metric("deployhook_journal_commits_total"),
+        metric("deployhook_journal_ops_total"),
+    );
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, path) = (s.daemon.public, s.path.clone());
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    assert_eq!(http(addr, "POST", &path, &[], b"").status, 201);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (commits, ops) = (
+        metric("deployhook_journal_commits_total") - c0,
+        metric("deployhook_journal_ops_total") - o0,
+    );
+    assert!(ops >= 320.0, "{ops} ops for 320 triggers");
+    assert!(
+        ops / commits > 1.5,
+        "{ops} ops in {commits} commits: no batching"
+    );
 }

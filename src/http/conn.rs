@@ -184,7 +184,7 @@ fn accept_loop(
         };
         if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             let slot = Slot(open.clone());
-            refuse_busy(stream, &limits);
+            refuse_busy(stream);
             drop(slot);
             continue;
         }
@@ -204,9 +204,8 @@ fn accept_loop(
 }
 
 /// Over the connection limit: a short `503` written without blocking, then close.
-fn refuse_busy(stream: TcpStream, limits: &Limits) {
+fn refuse_busy(stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let _ = limits;
     let reply = ApiError::Busy.reply();
     let _ = write_reply(&stream, reply, HTTPVersion(1, 1), &[], false, true);
 }

@@ -12,6 +12,32 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_deployhook");
 
+/// The keys of a hook object, in DESIGN.md's order (`/hooks`, `hooks list --json`).
+pub const HOOK_KEYS: [&str; 6] = [
+    "id",
+    "name",
+    "project",
+    "branch",
+    "createdAt",
+    "lastTriggeredAt",
+];
+
+/// The keys of a job object, in DESIGN.md's order (`/jobs`, `/jobs/{id}`).
+pub const JOB_KEYS: [&str; 12] = [
+    "id",
+    "hookId",
+    "project",
+    "branch",
+    "state",
+    "createdAt",
+    "startedAt",
+    "finishedAt",
+    "commit",
+    "exitCode",
+    "error",
+    "canceledBy",
+];
+
 /// A directory removed when dropped.
 pub struct TempDir(PathBuf);
 
@@ -288,18 +314,32 @@ impl Daemon {
     }
 
     /// Creates a hook; returns (hook id, URL path).
-    pub fn create_hook(&self, project: &str, branch: &str) -> (String, String) {
-        let out = self.cli(&[
+    /// `deployhook hooks create` with these fields (and `--json` when asked), as run by a user.
+    pub fn hooks_create(
+        &self,
+        project: &str,
+        name: &str,
+        branch: &str,
+        json: bool,
+    ) -> std::process::Output {
+        let mut args = vec![
             "hooks",
             "create",
             "--project",
             project,
             "--name",
-            &format!("{project} {branch}"),
+            name,
             "--branch",
             branch,
-            "--json",
-        ]);
+        ];
+        if json {
+            args.push("--json");
+        }
+        self.cli(&args)
+    }
+
+    pub fn create_hook(&self, project: &str, branch: &str) -> (String, String) {
+        let out = self.hooks_create(project, &format!("{project} {branch}"), branch, true);
         assert!(
             out.status.success(),
             "{}",
