@@ -300,6 +300,32 @@ struct Pending {
     reply: Arc<ReplySlot>,
 }
 
+/// A batch and what its commit did, on its way to [`answer`].
+type Committed = (Vec<Pending>, Result<Vec<Outcome>, JournalError>);
+
+/// Hands each op of a finished batch its result, in commit order.
+fn answer(
+    batch: Vec<Pending>,
+    result: Result<Vec<Outcome>, JournalError>,
+    on_commit: &Mutex<impl FnMut(&Outcome)>,
+) {
+    let mut on_commit = on_commit.lock().unwrap_or_else(PoisonError::into_inner);
+    match result {
+        Ok(outcomes) => {
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                on_commit(&outcome);
+                pending.reply.put(Ok(outcome));
+            }
+        }
+        Err(err) => {
+            log::error!("journal commit failed, {} ops refused: {err}", batch.len());
+            for pending in batch {
+                pending.reply.put(Err(err.clone()));
+            }
+        }
+    }
+}
+
 /// Figures the writer reports after each commit.
 pub struct CommitStats {
     pub ops: usize,
@@ -627,41 +653,51 @@ impl Writer {
 
     /// Runs until every [`Journal`] handle is dropped. `on_commit` sees every committed outcome,
     /// in commit order; `on_stats` sees each commit's figures.
+    ///
+    /// Waking the waiters of a batch (and `on_commit`) happens on a second thread,
+    /// `journal-answers`, so that the writer starts the next batch as soon as a commit is done.
     pub fn run(
         mut self,
-        mut on_commit: impl FnMut(&Outcome),
+        on_commit: impl FnMut(&Outcome) + Send,
         mut on_stats: impl FnMut(CommitStats),
     ) {
-        while let Ok(first) = self.rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Committed>();
+        // Locked once per batch, by the answers thread (or by the writer if it has none).
+        let on_commit = Mutex::new(on_commit);
+        std::thread::scope(|scope| {
+            let answers = std::thread::Builder::new()
+                .name("journal-answers".into())
+                .spawn_scoped(scope, || {
+                    for (batch, result) in done_rx {
+                        answer(batch, result, &on_commit);
+                    }
+                });
+            if let Err(e) = answers {
+                log::warn!("cannot start the journal-answers thread ({e}); the writer answers");
             }
-            let started = Instant::now();
-            let result = self.commit_batch(&batch);
-            on_stats(CommitStats {
-                ops: batch.len(),
-                seconds: started.elapsed().as_secs_f64(),
-                ok: result.is_ok(),
-            });
-            match result {
-                Ok(outcomes) => {
-                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                        on_commit(&outcome);
-                        pending.reply.put(Ok(outcome));
+            while let Ok(first) = self.rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
                     }
                 }
-                Err(err) => {
-                    log::error!("journal commit failed, {} ops refused: {err}", batch.len());
-                    for pending in batch {
-                        pending.reply.put(Err(err.clone()));
-                    }
+                let started = Instant::now();
+                let result = self.commit_batch(&batch);
+                on_stats(CommitStats {
+                    ops: batch.len(),
+                    seconds: started.elapsed().as_secs_f64(),
+                    ok: result.is_ok(),
+                });
+                if let Err(crossbeam_channel::SendError((batch, result))) =
+                    done_tx.send((batch, result))
+                {
+                    answer(batch, result, &on_commit);
                 }
             }
-        }
+            drop(done_tx);
+        });
     }
 
     fn commit_batch(&mut self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
@@ -710,13 +746,17 @@ struct Tables<'t> {
     hook_counts: Table<'t, &'static str, u64>,
     counters: Table<'t, &'static str, u64>,
     hook_last: Table<'t, &'static str, u64>,
-    /// Counter changes of this batch, written once by [`Tables::flush`] instead of a read and a
-    /// write per op.
-    pending: BatchCounters,
+    /// Job rows and counters changed by this batch, written once by [`Tables::flush`] instead
+    /// of a read and a write per op.
+    pending: BatchChanges,
+    /// Hooks looked up in this batch, by secret hash; a revocation removes its entry.
+    hook_cache: std::collections::HashMap<SecretHash, Arc<Hook>>,
 }
 
 #[derive(Default)]
-struct BatchCounters {
+struct BatchChanges {
+    /// Job rows changed by this batch, by id.
+    rows: std::collections::BTreeMap<String, JobRow>,
     states: std::collections::HashMap<&'static str, i64>,
     seq: Option<u64>,
     hook_jobs: std::collections::HashMap<String, u64>,
@@ -736,13 +776,18 @@ impl<'t> Tables<'t> {
             hook_counts: txn.open_table(HOOK_JOB_COUNTS)?,
             counters: txn.open_table(COUNTERS)?,
             hook_last: txn.open_table(HOOK_LAST)?,
-            pending: BatchCounters::default(),
+            pending: BatchChanges::default(),
+            hook_cache: std::collections::HashMap::new(),
         })
     }
 
     /// Writes the batch's counter changes; call before the commit (and before reading them).
     fn flush(&mut self) -> Result<(), JournalError> {
         let pending = std::mem::take(&mut self.pending);
+        for (id, row) in &pending.rows {
+            let bytes = serde_json::to_vec(row)?;
+            self.jobs.insert(id.as_str(), bytes.as_slice())?;
+        }
         for (key, delta) in pending.states {
             let old = self.counters.get(key)?.map_or(0, |v| v.value());
             self.counters
@@ -833,16 +878,20 @@ impl<'t> Tables<'t> {
     }
 
     fn get_job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
+        if let Some(row) = self.pending.rows.get(id) {
+            return Ok(Some(row.clone()));
+        }
         Ok(match self.jobs.get(id)? {
             Some(raw) => Some(serde_json::from_slice(raw.value())?),
             None => None,
         })
     }
 
-    fn put_job(&mut self, row: &JobRow) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(row)?;
-        self.jobs.insert(row.job.id.as_str(), bytes.as_slice())?;
-        Ok(())
+    /// Stores a row at the end of the batch ([`Tables::flush`]): a trigger rewrites the job it
+    /// supersedes, which is often the one the previous trigger of the same batch created, so
+    /// each row is encoded and written once, in its final state, in id order.
+    fn put_job(&mut self, row: JobRow) {
+        self.pending.rows.insert(row.job.id.clone(), row);
     }
 
     fn bump(&mut self, key: &'static str, delta: i64) {
@@ -884,19 +933,26 @@ impl<'t> Tables<'t> {
         let Some(outcome) = change(&mut row) else {
             return Ok(Outcome::NotApplicable);
         };
-        self.put_job(&row)?;
         self.account(&row, Some(from))?;
+        self.put_job(row);
         Ok(outcome)
     }
 
-    fn hook_by_secret(&self, secret: &SecretHash) -> Result<Option<HookRow>, JournalError> {
+    /// The hook behind a secret; found hooks are remembered for the rest of the batch, which
+    /// often holds many triggers of one hook.
+    fn hook_by_secret(&mut self, secret: &SecretHash) -> Result<Option<Arc<Hook>>, JournalError> {
+        if let Some(hook) = self.hook_cache.get(secret) {
+            return Ok(Some(hook.clone()));
+        }
         let Some(id) = self.secrets.get(&secret[..])? else {
             return Ok(None);
         };
-        Ok(match self.hooks.get(id.value())? {
-            Some(raw) => Some(serde_json::from_slice(raw.value())?),
-            None => None,
-        })
+        let Some(raw) = self.hooks.get(id.value())? else {
+            return Ok(None);
+        };
+        let hook = Arc::new(serde_json::from_slice::<HookRow>(raw.value())?.hook);
+        self.hook_cache.insert(*secret, hook.clone());
+        Ok(Some(hook))
     }
 
     fn trigger(
@@ -906,13 +962,13 @@ impl<'t> Tables<'t> {
         job_id: &str,
         now: u64,
     ) -> Result<Outcome, JournalError> {
-        let Some(hook_row) = self.hook_by_secret(secret)? else {
+        let Some(hook) = self.hook_by_secret(secret)? else {
             return Ok(Outcome::NotFound);
         };
-        if hook_row.hook.project != project {
+        if hook.project != project {
             return Ok(Outcome::NotFound);
         }
-        let hook_id = hook_row.hook.id.clone();
+        let hook_id = hook.id.clone();
         // Newest wins: the hook's open job, if any, is canceled by this one.
         let previous = self
             .open
@@ -926,8 +982,8 @@ impl<'t> Tables<'t> {
                     prev.job.state = JobState::Canceled;
                     prev.job.canceled_by = Some(job_id.to_string());
                     prev.job.finished_at = Some(now);
-                    self.put_job(&prev)?;
                     self.account(&prev, Some(from))?;
+                    self.put_job(prev);
                     superseded = Some((prev_id, from));
                 }
             }
@@ -935,13 +991,13 @@ impl<'t> Tables<'t> {
         let seq = self.next_seq()?;
         let row = JobRow {
             seq,
-            hook_name: hook_row.hook.name.clone(),
+            hook_name: hook.name.clone(),
             attempts: 0,
             job: Job {
                 id: job_id.to_string(),
                 hook_id: hook_id.clone(),
                 project: project.to_string(),
-                branch: hook_row.hook.branch.clone(),
+                branch: hook.branch.clone(),
                 state: JobState::Pending,
                 created_at: now,
                 started_at: None,
@@ -952,8 +1008,8 @@ impl<'t> Tables<'t> {
                 canceled_by: None,
             },
         };
-        self.put_job(&row)?;
         self.account(&row, None)?;
+        self.put_job(row.clone());
         self.by_seq.insert(seq, job_id)?;
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
         self.by_project.insert((project, seq), job_id)?;
@@ -983,6 +1039,7 @@ impl<'t> Tables<'t> {
         if let Some(secret) = unhex(&row.secret_sha256) {
             self.secrets.remove(&secret[..])?;
         }
+        self.hook_cache.retain(|_, hook| hook.id != id);
         self.hook_last.remove(id)?;
         self.pending.hook_last.remove(id);
         Ok(Outcome::HookRevoked)

@@ -78,12 +78,13 @@ impl TriggerHandler {
         if !self.journal.secret_matches(&hash, project)? {
             return Err(ApiError::NotFound);
         }
-        let job_id = secret::new_job_id().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let now = now_ms();
+        let job_id = secret::new_job_id(now).map_err(|e| ApiError::Internal(e.to_string()))?;
         let outcome = self.journal.submit(Op::Trigger {
             secret: hash,
             project: project.to_string(),
             job_id,
-            now: now_ms(),
+            now,
         })?;
         match outcome {
             Outcome::Triggered { row, .. } => Ok((row.job.id, row.job.hook_id, row.job.created_at)),
