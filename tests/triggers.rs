@@ -22,6 +22,16 @@ fn get_and_post_answer_201_with_exactly_the_job() {
         assert_eq!(id.len(), 20);
         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert!(job["createdAt"].as_u64().unwrap() > 1_600_000_000_000);
+        // The first 7 characters are createdAt in base 62 (0-9A-Za-z), so ids sort by time.
+        let time = id[..7].bytes().fold(0u64, |n, b| {
+            let digit = match b {
+                b'0'..=b'9' => b - b'0',
+                b'A'..=b'Z' => b - b'A' + 10,
+                _ => b - b'a' + 36,
+            };
+            n * 62 + u64::from(digit)
+        });
+        assert_eq!(time, job["createdAt"].as_u64().unwrap(), "{id}");
         assert_eq!(resp.header("Content-Type"), Some("application/json"));
         assert_eq!(resp.header("Cache-Control"), Some("no-store"));
         assert_eq!(resp.header("Referrer-Policy"), Some("no-referrer"));
