@@ -14,6 +14,7 @@ use crate::config::{Config, Project};
 use crate::journal::{JobState, Journal, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::scheduler::{Assignment, Event, QueuedJob};
+pub use crate::sys::spread_new_directories;
 use crate::sys::{self, Signal};
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::{File, OpenOptions};

@@ -87,6 +87,12 @@ fn prepare_state(config: &Config, janitor: &Sender<PathBuf>) -> Result<(), Daemo
     }
     std::fs::create_dir_all(&builds)
         .map_err(|e| startup(format!("cannot create {}", builds.display()), e))?;
+    if !crate::sys::spread_new_directories(&builds) {
+        log::debug!(
+            "{}: the file system keeps no top-directory flag; build trees are placed by default",
+            builds.display()
+        );
+    }
     if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
         for entry in entries.flatten() {
             if entry

