@@ -252,7 +252,9 @@ fn deployhook(dir: &TempDir, build: &str, extra: &str) -> (Daemon, String, Repo)
         extra,
         &[ProjectSpec::new("site", &repo.path, build)],
     );
-    let d = Daemon::start(&config);
+    // The daemon logs every trigger (its access log) to a file, as it would to journald,
+    // rather than into a pipe this process would have to read during the load.
+    let d = Daemon::start_logging_to_file(&config);
     let (_, path) = d.create_hook("site", "main");
     (d, path, repo)
 }

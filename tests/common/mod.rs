@@ -194,6 +194,9 @@ pub struct Daemon {
     /// Every stderr line of every run of this daemon.
     pub log: Arc<Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
+    /// Where stderr goes instead of a pipe read by this process (benchmarks: a pipe reader
+    /// would compete with the daemon for the CPU).
+    log_file: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -201,7 +204,16 @@ impl Daemon {
         Daemon::start_with_env(config, &[])
     }
 
+    /// A daemon whose stderr goes to `daemon.log` beside its config, read only on demand.
+    pub fn start_logging_to_file(config: &Path) -> Daemon {
+        Daemon::start_inner(config, &[], Some(config.with_file_name("daemon.log")))
+    }
+
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_inner(config, env, None)
+    }
+
+    fn start_inner(config: &Path, env: &[(&str, &str)], log_file: Option<PathBuf>) -> Daemon {
         let mut d = Daemon {
             config: config.to_path_buf(),
             dir: config.parent().unwrap().to_path_buf(),
@@ -213,35 +225,62 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            log_file,
         };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("daemon starts");
-        let stderr = child.stderr.take().unwrap();
+            .stdout(Stdio::null());
         let (tx, rx) = std::sync::mpsc::channel();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let ready = line.contains(" ready public=");
-                log.lock().unwrap().push(line.clone());
-                if ready {
-                    let _ = tx.send(line);
+        let child = if let Some(path) = &self.log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            let child = cmd.stderr(file).spawn().expect("daemon starts");
+            let (path, log) = (path.clone(), self.log.clone());
+            let seen = std::fs::metadata(&path).map_or(0, |m| m.len()) as usize;
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    if let Some(line) = text
+                        .get(seen..)
+                        .and_then(|t| t.lines().find(|l| l.contains(" ready public=")))
+                    {
+                        log.lock().unwrap().push(line.to_string());
+                        let _ = tx.send(line.to_string());
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-            }
-        });
+            });
+            child
+        } else {
+            let mut child = cmd.stderr(Stdio::piped()).spawn().expect("daemon starts");
+            let stderr = child.stderr.take().unwrap();
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let ready = line.contains(" ready public=");
+                    log.lock().unwrap().push(line.clone());
+                    if ready {
+                        let _ = tx.send(line);
+                    }
+                }
+            });
+            child
+        };
         let pid = child.id();
         self.child = Some(child);
         let ready = rx
@@ -260,7 +299,10 @@ impl Daemon {
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        match &self.log_file {
+            Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            None => self.log.lock().unwrap().join("\n"),
+        }
     }
 
     /// Waits until the daemon's stderr has a line containing `needle`.
