@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How often retention runs; while a run finds more than one op may remove, it goes on at once.
-const PRUNE_EVERY: Duration = Duration::from_secs(2);
+const PRUNE_EVERY: Duration = Duration::from_millis(500);
 /// Extra time, past the kill grace, that shutdown waits for build threads.
 const SHUTDOWN_SLACK: Duration = Duration::from_millis(1500);
 
