@@ -336,10 +336,16 @@ pub struct CommitStats {
 /// The open database, replaced by the writer when it has to be reopened (`None` meanwhile).
 type Slot = Arc<RwLock<Option<Arc<Database>>>>;
 
+/// Secret hash -> (hook id, project) of every hook, as committed: the request threads' check
+/// that a secret exists, without a read transaction per trigger. The writer updates it after a
+/// commit that creates or revokes a hook, before anyone hears of that commit.
+type SecretIndex = Arc<RwLock<std::collections::HashMap<SecretHash, (String, String)>>>;
+
 /// The shared handle: submit ops to the writer, read with read transactions.
 #[derive(Clone)]
 pub struct Journal {
     db: Slot,
+    secrets: SecretIndex,
     /// The file, unless the journal lives on a custom storage backend (tests).
     path: Option<PathBuf>,
     tx: Sender<Pending>,
@@ -348,6 +354,7 @@ pub struct Journal {
 /// The writer side, to be run on its own thread.
 pub struct Writer {
     db: Slot,
+    secrets: SecretIndex,
     path: Option<PathBuf>,
     rx: Receiver<Pending>,
     /// Set after a failed commit: the database must be reopened before the next write.
@@ -381,6 +388,23 @@ fn open_database(path: &Path) -> Result<Database, JournalError> {
         }
     }
     Ok(builder().create(path)?)
+}
+
+/// Every hook's secret hash, hook id and project, from the hooks table.
+fn load_secrets(
+    db: &Database,
+) -> Result<std::collections::HashMap<SecretHash, (String, String)>, JournalError> {
+    let txn = db.begin_read()?;
+    let hooks = txn.open_table(HOOKS)?;
+    let mut out = std::collections::HashMap::new();
+    for entry in hooks.iter()? {
+        let (_, raw) = entry?;
+        let row: HookRow = serde_json::from_slice(raw.value())?;
+        if let Some(secret) = unhex(&row.secret_sha256) {
+            out.insert(secret, (row.hook.id, row.hook.project));
+        }
+    }
+    Ok(out)
 }
 
 /// Makes sure every table exists, so read transactions never meet a missing one.
@@ -422,17 +446,20 @@ impl Journal {
         path: Option<PathBuf>,
     ) -> Result<(Journal, Writer), JournalError> {
         create_tables(&db)?;
+        let secrets: SecretIndex = Arc::new(RwLock::new(load_secrets(&db)?));
         let db = Arc::new(db);
         let (tx, rx) = crossbeam_channel::unbounded();
         let slot: Slot = Arc::new(RwLock::new(Some(db)));
         Ok((
             Journal {
                 db: slot.clone(),
+                secrets: secrets.clone(),
                 path: path.clone(),
                 tx,
             },
             Writer {
                 db: slot,
+                secrets,
                 path,
                 rx,
                 broken: false,
@@ -466,20 +493,11 @@ impl Journal {
         Ok(db.begin_read()?)
     }
 
-    /// Whether a hook with this secret exists and belongs to `project` (a lock-free pre-check
-    /// that keeps guessed secrets away from the writer).
+    /// Whether a hook with this secret exists and belongs to `project` (an in-memory pre-check
+    /// that keeps guessed secrets away from the writer; the writer checks again).
     pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> Result<bool, JournalError> {
-        let txn = self.read()?;
-        let secrets = txn.open_table(HOOK_SECRETS)?;
-        let Some(id) = secrets.get(&secret[..])? else {
-            return Ok(false);
-        };
-        let hooks = txn.open_table(HOOKS)?;
-        let Some(raw) = hooks.get(id.value())? else {
-            return Ok(false);
-        };
-        let row: HookRow = serde_json::from_slice(raw.value())?;
-        Ok(row.hook.project == project)
+        let secrets = self.secrets.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(secrets.get(secret).is_some_and(|(_, p)| p == project))
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
@@ -685,6 +703,9 @@ impl Writer {
                 }
                 let started = Instant::now();
                 let result = self.commit_batch(&batch);
+                if let Ok(outcomes) = &result {
+                    self.note_hook_changes(&batch, outcomes);
+                }
                 on_stats(CommitStats {
                     ops: batch.len(),
                     seconds: started.elapsed().as_secs_f64(),
@@ -698,6 +719,27 @@ impl Writer {
             }
             drop(done_tx);
         });
+    }
+
+    /// Brings the secret index in line with the hooks a committed batch created or revoked.
+    fn note_hook_changes(&self, batch: &[Pending], outcomes: &[Outcome]) {
+        for (pending, outcome) in batch.iter().zip(outcomes) {
+            match (&pending.op, outcome) {
+                (Op::CreateHook { hook, secret }, Outcome::HookCreated) => {
+                    self.secrets
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(*secret, (hook.id.clone(), hook.project.clone()));
+                }
+                (Op::RevokeHook { id }, Outcome::HookRevoked) => {
+                    self.secrets
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .retain(|_, (hook, _)| hook != id);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn commit_batch(&mut self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
