@@ -300,32 +300,6 @@ struct Pending {
     reply: Arc<ReplySlot>,
 }
 
-/// A batch and what its commit did, on its way to [`answer`].
-type Committed = (Vec<Pending>, Result<Vec<Outcome>, JournalError>);
-
-/// Hands each op of a finished batch its result, in commit order.
-fn answer(
-    batch: Vec<Pending>,
-    result: Result<Vec<Outcome>, JournalError>,
-    on_commit: &Mutex<impl FnMut(&Outcome)>,
-) {
-    let mut on_commit = on_commit.lock().unwrap_or_else(PoisonError::into_inner);
-    match result {
-        Ok(outcomes) => {
-            for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                on_commit(&outcome);
-                pending.reply.put(Ok(outcome));
-            }
-        }
-        Err(err) => {
-            log::error!("journal commit failed, {} ops refused: {err}", batch.len());
-            for pending in batch {
-                pending.reply.put(Err(err.clone()));
-            }
-        }
-    }
-}
-
 /// Figures the writer reports after each commit.
 pub struct CommitStats {
     pub ops: usize,
@@ -671,54 +645,42 @@ impl Writer {
 
     /// Runs until every [`Journal`] handle is dropped. `on_commit` sees every committed outcome,
     /// in commit order; `on_stats` sees each commit's figures.
-    ///
-    /// Waking the waiters of a batch (and `on_commit`) happens on a second thread,
-    /// `journal-answers`, so that the writer starts the next batch as soon as a commit is done.
     pub fn run(
         mut self,
-        on_commit: impl FnMut(&Outcome) + Send,
+        mut on_commit: impl FnMut(&Outcome),
         mut on_stats: impl FnMut(CommitStats),
     ) {
-        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Committed>();
-        // Locked once per batch, by the answers thread (or by the writer if it has none).
-        let on_commit = Mutex::new(on_commit);
-        std::thread::scope(|scope| {
-            let answers = std::thread::Builder::new()
-                .name("journal-answers".into())
-                .spawn_scoped(scope, || {
-                    for (batch, result) in done_rx {
-                        answer(batch, result, &on_commit);
-                    }
-                });
-            if let Err(e) = answers {
-                log::warn!("cannot start the journal-answers thread ({e}); the writer answers");
-            }
-            while let Ok(first) = self.rx.recv() {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
-                let started = Instant::now();
-                let result = self.commit_batch(&batch);
-                if let Ok(outcomes) = &result {
-                    self.note_hook_changes(&batch, outcomes);
-                }
-                on_stats(CommitStats {
-                    ops: batch.len(),
-                    seconds: started.elapsed().as_secs_f64(),
-                    ok: result.is_ok(),
-                });
-                if let Err(crossbeam_channel::SendError((batch, result))) =
-                    done_tx.send((batch, result))
-                {
-                    answer(batch, result, &on_commit);
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
                 }
             }
-            drop(done_tx);
-        });
+            let started = Instant::now();
+            let result = self.commit_batch(&batch);
+            on_stats(CommitStats {
+                ops: batch.len(),
+                seconds: started.elapsed().as_secs_f64(),
+                ok: result.is_ok(),
+            });
+            match result {
+                Ok(outcomes) => {
+                    self.note_hook_changes(&batch, &outcomes);
+                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                        on_commit(&outcome);
+                        pending.reply.put(Ok(outcome));
+                    }
+                }
+                Err(err) => {
+                    log::error!("journal commit failed, {} ops refused: {err}", batch.len());
+                    for pending in batch {
+                        pending.reply.put(Err(err.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// Brings the secret index in line with the hooks a committed batch created or revoked.
