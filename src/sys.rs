@@ -348,7 +348,15 @@ mod tests {
             .env("DEPLOYHOOK_TEST_MARK", std::process::id().to_string())
             .spawn()
             .unwrap();
-        let found = processes_with_env("DEPLOYHOOK_TEST_MARK", &std::process::id().to_string());
+        // spawn returns once the child is inside execve; its new environment shows in /proc only
+        // when execve has finished setting up the stack, a moment later.
+        let mark = std::process::id().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = processes_with_env("DEPLOYHOOK_TEST_MARK", &mark);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = processes_with_env("DEPLOYHOOK_TEST_MARK", &mark);
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, vec![child.id() as i32]);
