@@ -148,7 +148,7 @@ fn retention(keep: usize, total: usize) -> (usize, Duration, u64, usize) {
         &format!("keep_jobs = {keep}"),
         &[ProjectSpec::new("site", &repo.path, "true")],
     );
-    let d = Daemon::start(&config);
+    let d = Daemon::start_logging_to_file(&config);
     let (hook, path) = d.create_hook("site", "main");
     const CLIENTS: usize = 32;
     let t0 = Instant::now();

@@ -104,7 +104,7 @@ fn main() {
         "workers = 2",
         &[ProjectSpec::new("site", &repo.path, "true")],
     );
-    let d = Daemon::start(&config);
+    let d = Daemon::start_logging_to_file(&config);
     let hooks: Vec<String> = (0..64).map(|_| d.create_hook("site", "main").1).collect();
     let missing = vec!["/v1/integrations/deploy/site/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string()];
 

@@ -58,7 +58,7 @@ const READERS_DRAIN: Duration = Duration::from_secs(2);
 /// Most ops one commit takes; more wait for the next commit.
 const MAX_BATCH: usize = 4096;
 /// Most jobs one prune op removes, so retention never makes one huge transaction.
-pub const MAX_PRUNE_PER_OP: usize = 5000;
+pub const MAX_PRUNE_PER_OP: usize = 256;
 /// Most index entries one listing scans when a filter skips rows.
 const MAX_LIST_SCAN: usize = 20_000;
 
