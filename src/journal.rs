@@ -785,7 +785,8 @@ impl<'t> Tables<'t> {
         })
     }
 
-    /// Writes the batch's counter changes; call before the commit (and before reading them).
+    /// Writes the batch's job rows and counter changes; call before the commit (and before
+    /// reading counters or scanning rows).
     fn flush(&mut self) -> Result<(), JournalError> {
         let pending = std::mem::take(&mut self.pending);
         for (id, row) in &pending.rows {
