@@ -44,8 +44,6 @@ const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::new("open_by_
 const HOOK_JOB_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("hook_job_counts");
 /// `seq` (last sequence number) and `state.<STATE>` (jobs per state).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-/// Hook id -> its last trigger time (kept apart so a trigger does not rewrite the hook row).
-const HOOK_LAST: TableDefinition<&str, u64> = TableDefinition::new("hook_last_triggered");
 
 /// The journal's file name inside `state_dir`.
 pub const FILE_NAME: &str = "journal.redb";
@@ -394,7 +392,6 @@ fn create_tables(db: &Database) -> Result<(), JournalError> {
         txn.open_table(OPEN_BY_HOOK)?;
         txn.open_table(HOOK_JOB_COUNTS)?;
         txn.open_table(COUNTERS)?;
-        txn.open_table(HOOK_LAST)?;
     }
     txn.commit()?;
     Ok(())
@@ -486,12 +483,21 @@ impl Journal {
     pub fn hooks(&self) -> Result<Vec<Hook>, JournalError> {
         let txn = self.read()?;
         let hooks = txn.open_table(HOOKS)?;
-        let last = txn.open_table(HOOK_LAST)?;
+        let by_hook = txn.open_table(JOBS_BY_HOOK)?;
+        let jobs = txn.open_table(JOBS)?;
         let mut out = Vec::new();
         for entry in hooks.iter()? {
             let (_, raw) = entry?;
             let mut hook = serde_json::from_slice::<HookRow>(raw.value())?.hook;
-            hook.last_triggered_at = last.get(hook.id.as_str())?.map(|v| v.value());
+            // The last trigger is the newest job's creation: retention keeps at least one job
+            // per hook (keep_jobs >= 1), and every trigger makes a job.
+            let id = hook.id.as_str();
+            if let Some(newest) = by_hook.range((id, 0)..=(id, u64::MAX))?.next_back() {
+                if let Some(raw) = jobs.get(newest?.1.value())? {
+                    let row: JobRow = serde_json::from_slice(raw.value())?;
+                    hook.last_triggered_at = Some(row.job.created_at);
+                }
+            }
             out.push(hook);
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -749,7 +755,6 @@ struct Tables<'t> {
     open: Table<'t, &'static str, &'static str>,
     hook_counts: Table<'t, &'static str, u64>,
     counters: Table<'t, &'static str, u64>,
-    hook_last: Table<'t, &'static str, u64>,
     /// Job rows and counters changed by this batch, written once by [`Tables::flush`] instead
     /// of a read and a write per op.
     pending: BatchChanges,
@@ -764,7 +769,6 @@ struct BatchChanges {
     states: std::collections::HashMap<&'static str, i64>,
     seq: Option<u64>,
     hook_jobs: std::collections::HashMap<String, u64>,
-    hook_last: std::collections::HashMap<String, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -779,7 +783,6 @@ impl<'t> Tables<'t> {
             open: txn.open_table(OPEN_BY_HOOK)?,
             hook_counts: txn.open_table(HOOK_JOB_COUNTS)?,
             counters: txn.open_table(COUNTERS)?,
-            hook_last: txn.open_table(HOOK_LAST)?,
             pending: BatchChanges::default(),
             hook_cache: std::collections::HashMap::new(),
         })
@@ -807,11 +810,6 @@ impl<'t> Tables<'t> {
                 .get(hook.as_str())?
                 .map_or(0, |v| v.value());
             self.hook_counts.insert(hook.as_str(), old + added)?;
-        }
-        for (hook, at) in pending.hook_last {
-            if self.hooks.get(hook.as_str())?.is_some() {
-                self.hook_last.insert(hook.as_str(), at)?;
-            }
         }
         Ok(())
     }
@@ -1019,8 +1017,7 @@ impl<'t> Tables<'t> {
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
         self.by_project.insert((project, seq), job_id)?;
         self.open.insert(hook_id.as_str(), job_id)?;
-        *self.pending.hook_jobs.entry(hook_id.clone()).or_default() += 1;
-        self.pending.hook_last.insert(hook_id, now);
+        *self.pending.hook_jobs.entry(hook_id).or_default() += 1;
         Ok(Outcome::Triggered { row, superseded })
     }
 
@@ -1045,8 +1042,6 @@ impl<'t> Tables<'t> {
             self.secrets.remove(&secret[..])?;
         }
         self.hook_cache.retain(|_, hook| hook.id != id);
-        self.hook_last.remove(id)?;
-        self.pending.hook_last.remove(id);
         Ok(Outcome::HookRevoked)
     }
 

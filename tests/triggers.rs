@@ -132,18 +132,41 @@ fn a_revoked_hook_is_dead_at_once_and_gone_from_the_list() {
 
 #[test]
 fn hooks_list_shows_the_hook_fields_and_never_a_secret() {
-    let s = setup("tlist", "true", &[("a", "1")], "");
+    // keep_jobs = 2: the last trigger time survives retention and is the newest job's, not the
+    // oldest kept one's.
+    let s = setup("tlist", "true", &[("a", "1")], "keep_jobs = 2");
     let secret = s.path.rsplit('/').next().unwrap().to_string();
-    s.daemon.trigger(&s.path);
-    let out = s.daemon.cli(&["hooks", "list", "--json"]);
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let list = || {
+        let out = s.daemon.cli(&["hooks", "list", "--json"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before: serde_json::Value = serde_json::from_str(&list()).unwrap();
+    assert_eq!(
+        before["hooks"][0]["lastTriggeredAt"],
+        serde_json::Value::Null
+    );
+    let mut newest = String::new();
+    for _ in 0..3 {
+        newest = s.daemon.trigger(&s.path);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let created = s.daemon.job(&newest)["createdAt"].as_u64().unwrap();
+    let listing = format!("/jobs?hook={}", s.hook);
+    assert!(wait_until(Duration::from_secs(10), || {
+        http(s.daemon.status, "GET", &listing, &[], b"").json()["jobs"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    }));
+    let text = list();
     assert!(!text.contains(&secret));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let hook = &v["hooks"][0];
     assert_eq!(keys(hook), HOOK_KEYS);
     assert_eq!(hook["id"], s.hook.as_str());
-    assert!(hook["lastTriggeredAt"].as_u64().is_some());
+    assert_eq!(hook["lastTriggeredAt"].as_u64(), Some(created));
     let table = s.daemon.cli(&["hooks", "list"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.starts_with("ID "), "{table}");
