@@ -230,11 +230,7 @@ fn round_goals(rows: &[Row], ceiling: &[(u32, f64)], webhook_wait: &[(u32, f64)]
 /// The goals over all rounds: each ratio is taken within its round (the machine's speed drifts
 /// between rounds), and the median ratio is held to the goal.
 fn print_goals(rounds: &[RoundGoals]) {
-    let median = |f: &dyn Fn(&RoundGoals) -> f64| {
-        let mut v: Vec<f64> = rounds.iter().map(f).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
+    let median_of = |f: &dyn Fn(&RoundGoals) -> f64| median(rounds.iter().map(f).collect());
     let list = |f: &dyn Fn(&RoundGoals) -> f64, digits: usize| {
         rounds
             .iter()
@@ -254,13 +250,13 @@ fn print_goals(rounds: &[RoundGoals]) {
         "  deployhook / webhook waiting at 64 conns, per round: {}",
         list(&|r| r.vs_webhook, 1)
     );
-    let vs_ceiling = median(&|r| r.vs_ceiling);
+    let vs_ceiling = median_of(&|r| r.vs_ceiling);
     goal(
         "deployhook at 64 conns >= 0.5x the tiny_http ceiling",
         vs_ceiling >= 0.5,
         format!("{vs_ceiling:.2}x"),
     );
-    let vs_webhook = median(&|r| r.vs_webhook);
+    let vs_webhook = median_of(&|r| r.vs_webhook);
     goal(
         "deployhook at 64 conns >= 20x webhook waiting mode",
         vs_webhook >= 20.0,
@@ -278,6 +274,12 @@ fn print_goals(rounds: &[RoundGoals]) {
         rss <= 30.0 * 1_000_000.0 / 1_048_576.0,
         format!("{rss:.1} MiB"),
     );
+}
+
+/// The middle value (the upper one of the two middles for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
 }
 
 fn goal(what: &str, met: bool, figure: String) {
@@ -576,10 +578,6 @@ fn plain_clone(repo: &std::path::Path, dst: &std::path::Path) -> f64 {
 fn checkout() -> (f64, Option<f64>, f64, f64) {
     let dir = TempDir::new("cmp-checkout");
     let repo = synthetic_repo(dir.path(), 5000, 300);
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
     let out = dir.path().join("started");
     let build = format!("date +%s%3N > {}", out.display());
     let config = write_config(dir.path(), "", &[ProjectSpec::new("site", &repo, &build)]);

@@ -104,7 +104,7 @@ struct Scale {
 
 fn measure(jobs: usize) -> Scale {
     let dir = TempDir::new("bench-scale");
-    let path = dir.path().join("journal.redb");
+    let path = dir.path().join(deployhook::journal::FILE_NAME);
     let t0 = Instant::now();
     fill(&path, jobs);
     let fill_time = t0.elapsed();
@@ -199,9 +199,7 @@ fn retention(keep: usize, total: usize) -> (usize, Duration, u64, usize) {
         .as_array()
         .unwrap()
         .len();
-    let bytes = std::fs::metadata(d.state_dir().join("journal.redb"))
-        .unwrap()
-        .len();
+    let bytes = std::fs::metadata(d.journal_path()).unwrap().len();
     (total, took, bytes, kept)
 }
 

@@ -154,7 +154,7 @@ fn main() {
     }
     println!(
         "journal file: {} KiB, daemon RSS: {} KiB",
-        std::fs::metadata(d.state_dir().join("journal.redb"))
+        std::fs::metadata(d.journal_path())
             .map(|m| m.len() / 1024)
             .unwrap_or(0),
         rss_kib(d.pid())

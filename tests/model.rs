@@ -51,7 +51,8 @@ struct System {
 }
 
 fn open_journal(dir: &TempDir) -> (Journal, std::thread::JoinHandle<()>) {
-    let (journal, writer) = Journal::open(&dir.path().join("journal.redb")).unwrap();
+    let (journal, writer) =
+        Journal::open(&dir.path().join(deployhook::journal::FILE_NAME)).unwrap();
     let handle = std::thread::spawn(move || writer.run(|_| {}, |_| {}));
     (journal, handle)
 }

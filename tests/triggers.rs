@@ -184,7 +184,7 @@ fn the_secret_is_stored_only_as_a_hash_and_never_logged() {
         Duration::from_secs(5)
     ));
     assert!(!s.daemon.log_text().contains(&secret));
-    let journal = std::fs::read(s.daemon.state_dir().join("journal.redb")).unwrap();
+    let journal = std::fs::read(s.daemon.journal_path()).unwrap();
     assert!(!journal
         .windows(secret.len())
         .any(|w| w == secret.as_bytes()));

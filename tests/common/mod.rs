@@ -432,6 +432,10 @@ impl Daemon {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_dir().join(deployhook::journal::FILE_NAME)
+    }
 }
 
 impl Drop for Daemon {
