@@ -1149,31 +1149,124 @@ mod tests {
     }
 
     fn hook(j: &Journal, id: &str, secret: &str) {
-        let hook = Hook {
-            id: id.into(),
-            name: "n".into(),
-            project: "site".into(),
-            branch: "main".into(),
-            created_at: 1,
-            last_triggered_at: None,
-        };
-        let out = j
-            .submit(Op::CreateHook {
-                hook,
-                secret: hash_secret(secret),
-            })
-            .unwrap();
-        assert_eq!(out, Outcome::HookCreated);
+        assert_eq!(j.submit(hook_op(id, secret)).unwrap(), Outcome::HookCreated);
     }
 
-    fn trigger(j: &Journal, secret: &str, job: &str) -> Outcome {
-        j.submit(Op::Trigger {
+    /// Applies `ops` as one batch, the way the writer thread does (one transaction).
+    fn one_batch(w: &Writer, ops: Vec<Op>) -> Vec<Outcome> {
+        let batch: Vec<Pending> = ops
+            .into_iter()
+            .map(|op| Pending {
+                op,
+                reply: Arc::new(ReplySlot::default()),
+            })
+            .collect();
+        w.try_commit(&batch).unwrap()
+    }
+
+    fn trigger_op(secret: &str, job: &str) -> Op {
+        Op::Trigger {
             secret: hash_secret(secret),
             project: "site".into(),
             job_id: job.into(),
             now: 5,
-        })
-        .unwrap()
+        }
+    }
+
+    fn hook_op(id: &str, secret: &str) -> Op {
+        Op::CreateHook {
+            hook: Hook {
+                id: id.into(),
+                name: "n".into(),
+                project: "site".into(),
+                branch: "main".into(),
+                created_at: 1,
+                last_triggered_at: None,
+            },
+            secret: hash_secret(secret),
+        }
+    }
+
+    #[test]
+    fn one_batch_sees_its_own_jobs_and_revocations() {
+        let dir = tempdir::Dir::new();
+        let (j, w) = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let out = one_batch(
+            &w,
+            vec![
+                hook_op("hook_a", "s1"),
+                trigger_op("s1", "J1"),
+                trigger_op("s1", "J2"),
+                Op::RevokeHook {
+                    id: "hook_a".into(),
+                },
+                trigger_op("s1", "J3"),
+            ],
+        );
+        assert_eq!(out[0], Outcome::HookCreated);
+        assert!(matches!(
+            &out[1],
+            Outcome::Triggered {
+                superseded: None,
+                ..
+            }
+        ));
+        // J1 was created by this same batch and not yet written: J2 still finds and cancels it.
+        assert!(matches!(
+            &out[2],
+            Outcome::Triggered { superseded: Some((id, JobState::Pending)), .. } if id == "J1"
+        ));
+        assert_eq!(out[3], Outcome::HookRevoked);
+        // The batch's hook cache forgets a revoked hook at once.
+        assert_eq!(out[4], Outcome::NotFound);
+        let j1 = j.job("J1").unwrap().unwrap();
+        assert_eq!(j1.job.state, JobState::Canceled);
+        assert_eq!(j1.job.canceled_by.as_deref(), Some("J2"));
+        assert_eq!(j.job("J2").unwrap().unwrap().job.state, JobState::Pending);
+        assert_eq!(j.job("J3").unwrap(), None);
+        let counts: std::collections::HashMap<_, _> =
+            j.state_counts().unwrap().into_iter().collect();
+        assert_eq!(counts[&JobState::Canceled], 1);
+        assert_eq!(counts[&JobState::Pending], 1);
+    }
+
+    #[test]
+    fn retention_goes_in_bounded_steps_and_keeps_the_newest() {
+        let dir = tempdir::Dir::new();
+        let (j, w) = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let total = 2 * MAX_PRUNE_PER_OP + 100;
+        let mut ops = vec![hook_op("hook_a", "s1")];
+        ops.extend((0..total).map(|i| trigger_op("s1", &format!("J{i:05}"))));
+        one_batch(&w, ops);
+        let mut steps = Vec::new();
+        loop {
+            match one_batch(&w, vec![Op::Prune { keep: 10 }]).remove(0) {
+                Outcome::Pruned(ids) => steps.push(ids.len()),
+                Outcome::NotApplicable => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            steps,
+            [
+                MAX_PRUNE_PER_OP,
+                MAX_PRUNE_PER_OP,
+                total - 10 - 2 * MAX_PRUNE_PER_OP
+            ]
+        );
+        let filter = JobFilter {
+            hook: Some("hook_a".into()),
+            limit: 500,
+            ..JobFilter::default()
+        };
+        let (kept, _) = j.list_jobs(&filter).unwrap();
+        assert_eq!(kept.len(), 10);
+        assert_eq!(kept[0].job.id, format!("J{:05}", total - 1));
+        assert_eq!(kept[0].job.state, JobState::Pending);
+    }
+
+    fn trigger(j: &Journal, secret: &str, job: &str) -> Outcome {
+        j.submit(trigger_op(secret, job)).unwrap()
     }
 
     #[test]
