@@ -293,3 +293,23 @@ fn the_commit_is_recorded_before_the_build_runs() {
     assert_eq!(seen["job"]["state"], "BUILDING");
     assert_eq!(seen["job"]["commit"], repo.head().as_str());
 }
+
+#[test]
+fn the_builds_folder_is_flagged_as_a_top_directory_where_the_file_system_has_the_flag() {
+    let s = setup("btopdir", "true", &[("a", "1")], "");
+    let builds = s.daemon.state_dir().join("builds");
+    let Ok(out) = std::process::Command::new("lsattr")
+        .arg("-d")
+        .arg(&builds)
+        .output()
+    else {
+        return; // no e2fsprogs: nothing reads the flag here
+    };
+    if !out.status.success() {
+        // A file system without inode flags (tmpfs, overlayfs): deployhook goes on without.
+        return;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let attrs = text.split_whitespace().next().unwrap_or("");
+    assert!(attrs.contains('T'), "{attrs}");
+}
