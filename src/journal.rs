@@ -466,9 +466,9 @@ impl Journal {
 
     /// Whether a hook with this secret exists and belongs to `project` (an in-memory pre-check
     /// that keeps guessed secrets away from the writer; the writer checks again).
-    pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> Result<bool, JournalError> {
+    pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> bool {
         let secrets = self.secrets.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(secrets.get(secret).is_some_and(|(_, p)| p == project))
+        secrets.get(secret).is_some_and(|(_, p)| p == project)
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
@@ -1320,7 +1320,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(out, Outcome::NotFound);
-        assert!(j.secret_matches(&hash_secret("s1"), "site").unwrap());
+        assert!(j.secret_matches(&hash_secret("s1"), "site"));
         assert_eq!(
             j.submit(Op::RevokeHook {
                 id: "hook_a".into()
@@ -1329,7 +1329,7 @@ mod tests {
             Outcome::HookRevoked
         );
         assert_eq!(trigger(&j, "s1", "J2"), Outcome::NotFound);
-        assert!(!j.secret_matches(&hash_secret("s1"), "site").unwrap());
+        assert!(!j.secret_matches(&hash_secret("s1"), "site"));
         assert_eq!(
             j.submit(Op::RevokeHook {
                 id: "hook_a".into()
