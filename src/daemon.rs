@@ -6,7 +6,8 @@
 //! bound and the journal is open.
 //!
 //! Threads: `journal-writer`, `scheduler`, `build-N` (the pool), `janitor`, `pruner`,
-//! `http-public` / `http-status` (accept) with their connection threads, `admin`, and the main
+//! `http-public` (one event loop for every hook connection), `http-status` (accept) with its
+//! connection threads, `admin`, and the main
 //! thread, which waits for signals: SIGHUP reloads the config, SIGTERM / SIGINT shut down.
 
 use crate::build::{self, Context};
@@ -319,7 +320,7 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
         spawn("pruner", move || prune_forever(&journal, &shared))?;
     }
 
-    let mut public = Listener::start(
+    let mut public = crate::http::poll::Listener::start(
         public_socket,
         "http-public",
         Arc::new(TriggerHandler {

@@ -293,9 +293,25 @@ impl ReplySlot {
     }
 }
 
+/// Who hears an op's result: a thread waiting in [`Journal::submit`], or a callback run on the
+/// writer thread right after the commit ([`Journal::submit_then`]).
+enum ReplyTo {
+    Waiter(Arc<ReplySlot>),
+    Callback(Box<dyn FnOnce(Result<Outcome, JournalError>) + Send>),
+}
+
+impl ReplyTo {
+    fn put(self, value: Result<Outcome, JournalError>) {
+        match self {
+            ReplyTo::Waiter(slot) => slot.put(value),
+            ReplyTo::Callback(call) => call(value),
+        }
+    }
+}
+
 struct Pending {
     op: Op,
-    reply: Arc<ReplySlot>,
+    reply: ReplyTo,
 }
 
 /// Figures the writer reports after each commit.
@@ -442,13 +458,26 @@ impl Journal {
     /// Sends `op` to the writer and waits until it is committed (or failed).
     pub fn submit(&self, op: Op) -> Result<Outcome, JournalError> {
         let reply = Arc::new(ReplySlot::default());
-        self.tx
-            .send(Pending {
-                op,
-                reply: reply.clone(),
-            })
-            .map_err(|_| JournalError("the journal writer has stopped".into()))?;
+        self.send(op, ReplyTo::Waiter(reply.clone()));
         reply.take()
+    }
+
+    /// Sends `op` to the writer without waiting: `done` runs once with its result, on the
+    /// writer thread right after the commit, so it must be quick (hand the result on, never
+    /// block). When the writer has stopped, `done` runs at once with that error.
+    pub fn submit_then(
+        &self,
+        op: Op,
+        done: impl FnOnce(Result<Outcome, JournalError>) + Send + 'static,
+    ) {
+        self.send(op, ReplyTo::Callback(Box::new(done)))
+    }
+
+    fn send(&self, op: Op, reply: ReplyTo) {
+        if let Err(unsent) = self.tx.send(Pending { op, reply }) {
+            let error = JournalError("the journal writer has stopped".into());
+            unsent.into_inner().reply.put(Err(error));
+        }
     }
 
     /// Size of the journal file in bytes.
@@ -1158,7 +1187,7 @@ mod tests {
             .into_iter()
             .map(|op| Pending {
                 op,
-                reply: Arc::new(ReplySlot::default()),
+                reply: ReplyTo::Waiter(Arc::new(ReplySlot::default())),
             })
             .collect();
         w.try_commit(&batch).unwrap()

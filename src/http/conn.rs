@@ -1,5 +1,6 @@
-//! The connection layer under both HTTP listeners: accepting, reading request heads within
-//! limits, and writing responses with tiny_http's response writer.
+//! The threaded connection layer of the status listener, and what both HTTP listeners share:
+//! reading request heads within limits, and writing responses with tiny_http's response writer.
+//! The public hook listener runs the same parser and limits on [`super::poll`]'s event loop.
 //!
 //! tiny_http 0.12's `Server` owns this layer itself and, as released, aborts the process when a
 //! request announcing a huge `Content-Length` is dropped unread, sets no socket timeouts, reads
@@ -74,7 +75,7 @@ impl Request {
             .map(|(_, v)| v)
     }
 
-    fn wants_close(&self) -> bool {
+    pub(super) fn wants_close(&self) -> bool {
         let conn = self
             .headers
             .iter()
@@ -204,7 +205,7 @@ fn accept_loop(
 }
 
 /// Over the connection limit: a short `503` written without blocking, then close.
-fn refuse_busy(stream: TcpStream) {
+pub(super) fn refuse_busy(stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let reply = ApiError::Busy.reply();
     let _ = write_reply(&stream, reply, HTTPVersion(1, 1), &[], false, true);
@@ -213,9 +214,18 @@ fn refuse_busy(stream: TcpStream) {
 /// Parses one request from bytes, as a connection would: `Ok(None)` when the bytes end before a
 /// request does, `Err` with the error a client would be answered. For fuzzing and tests.
 pub fn parse_request(bytes: &[u8], limits: &Limits) -> Result<Option<Request>, ApiError> {
+    Ok(parse_request_prefix(bytes, limits)?.map(|(req, _)| req))
+}
+
+/// Like [`parse_request`], and also says how many bytes the request took (head and body), so
+/// that what follows can be parsed as the next request on the connection.
+pub fn parse_request_prefix(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Option<(Request, usize)>, ApiError> {
     let mut reader = io::Cursor::new(bytes);
     match read_request(&mut reader, limits, None, |_| {}) {
-        Ok(req) => Ok(Some(req)),
+        Ok(req) => Ok(Some((req, reader.position() as usize))),
         Err(ReadFail::Quiet) => Ok(None),
         Err(ReadFail::Answer(e)) => Err(e),
     }
@@ -305,6 +315,10 @@ fn read_line(
     limited.read_until(b'\n', line)?;
     if line.len() > *budget {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+    }
+    if !line.is_empty() && !line.ends_with(b"\n") {
+        // The bytes ended inside the line: the rest has not arrived (or never will).
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
     *budget -= line.len();
     Ok(())
@@ -472,17 +486,39 @@ fn discard_body<R: BufRead>(
             Ok(())
         }
         Framing::Chunked => {
-            let mut decoder = chunked_transfer::Decoder::new(reader);
+            let mut source = NoteEnd {
+                inner: reader,
+                ended: false,
+            };
+            let mut decoder = chunked_transfer::Decoder::new(&mut source);
             let copied = io::copy(
                 &mut (&mut decoder).take(limits.max_body_bytes + 1),
                 &mut io::sink(),
-            )
-            .map_err(fail)?;
+            );
+            // A body cut short is not a malformed one: the rest may still come.
+            let copied = match copied {
+                _ if source.ended => return Err(ReadFail::Quiet),
+                other => other.map_err(fail)?,
+            };
             if copied > limits.max_body_bytes {
                 return Err(ReadFail::Answer(ApiError::BodyTooLarge));
             }
             Ok(())
         }
+    }
+}
+
+/// A reader that remembers whether its source ran out.
+struct NoteEnd<R> {
+    inner: R,
+    ended: bool,
+}
+
+impl<R: Read> Read for NoteEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ended |= n == 0 && !buf.is_empty();
+        Ok(n)
     }
 }
 
@@ -505,8 +541,8 @@ fn trim_ows(v: &[u8]) -> &[u8] {
 
 /// Writes `reply`; a streamed body is sent chunked on HTTP/1.1 and raw on 1.0. Returns whether
 /// the connection may carry another request.
-fn write_reply(
-    stream: &TcpStream,
+pub(super) fn write_reply(
+    stream: impl Write,
     reply: Reply,
     version: HTTPVersion,
     request_headers: &[Header],
@@ -649,6 +685,34 @@ mod tests {
             framing(&[("Content-Length", "99999999999999999999999")]),
             Err(ReadFail::Answer(ApiError::BadRequest(_)))
         ));
+    }
+
+    /// The poll-driven layer parses whatever bytes have arrived: every proper prefix of a
+    /// request must read as incomplete, never as an error, and the whole as one request that
+    /// says where it ends.
+    #[test]
+    fn every_prefix_of_a_request_is_incomplete_not_an_error() {
+        let requests: [&[u8]; 3] = [
+            b"\r\nPOST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+            b"GET /jobs?limit=1 HTTP/1.0\r\n\r\n",
+        ];
+        for bytes in requests {
+            for end in 0..bytes.len() {
+                let got = parse_request_prefix(&bytes[..end], &Limits::DEFAULT);
+                assert!(
+                    matches!(got, Ok(None)),
+                    "{:?}",
+                    String::from_utf8_lossy(&bytes[..end])
+                );
+            }
+            let mut two = bytes.to_vec();
+            two.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            let (_, used) = parse_request_prefix(&two, &Limits::DEFAULT)
+                .unwrap()
+                .unwrap();
+            assert_eq!(used, bytes.len());
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod conn;
 pub mod page;
+pub mod poll;
 pub mod status;
 pub mod trigger;
 

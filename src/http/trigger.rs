@@ -5,7 +5,8 @@
 //! hook, project that does not match) gets the same `404`, so answers never tell which secrets
 //! exist. Access log lines name the hook and the job, never the path (it holds the secret).
 
-use super::conn::{Handler, Request};
+use super::conn::Request;
+use super::poll::{Answer, Handler};
 use super::{ApiError, Reply};
 use crate::build::now_ms;
 use crate::config::is_project_name;
@@ -33,43 +34,30 @@ pub fn parse_hook_path(path: &str) -> Option<(&str, &str)> {
 }
 
 impl Handler for TriggerHandler {
-    fn handle(&self, req: &Request) -> Reply {
+    fn handle(&self, req: &Request, answer: Answer) {
         let remote = req
             .remote
             .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
         let Some((project, secret)) = parse_hook_path(&req.path) else {
             log::debug!("public: no route, status=404 remote={remote}");
-            return ApiError::NotFound.reply();
+            return answer.send(|| ApiError::NotFound.reply());
         };
         if !matches!(req.method, Method::Get | Method::Post) {
-            return ApiError::MethodNotAllowed(ALLOW).reply();
+            return answer.send(|| ApiError::MethodNotAllowed(ALLOW).reply());
         }
-        match self.trigger(project, secret) {
-            Ok((job_id, hook_id, created_at)) => {
-                self.metrics.trigger(TriggerResult::Accepted);
-                log::info!("trigger hook={hook_id} job={job_id} status=201 remote={remote}");
-                Reply::json(
-                    201,
-                    &json!({"job": {"id": job_id, "state": "PENDING", "createdAt": created_at}}),
-                )
-            }
-            Err(err) => {
-                let result = match err {
-                    ApiError::NotFound => TriggerResult::NotFound,
-                    _ => TriggerResult::Unavailable,
-                };
-                self.metrics.trigger(result);
-                let status = err.reply().status;
-                log::info!("trigger refused status={status} remote={remote}");
-                err.reply()
-            }
+        let metrics = self.metrics.clone();
+        match self.trigger_op(project, secret) {
+            Ok(op) => self.journal.submit_then(op, move |result| {
+                answer.send(move || conclude(&metrics, result.map_err(ApiError::from), &remote))
+            }),
+            Err(err) => answer.send(move || conclude(&metrics, Err(err), &remote)),
         }
     }
 }
 
 impl TriggerHandler {
-    /// Commits a job for the hook behind `secret`; returns (job id, hook id, createdAt).
-    fn trigger(&self, project: &str, secret: &str) -> Result<(String, String, u64), ApiError> {
+    /// The op that commits a job for the hook behind `secret`, or the refusal.
+    fn trigger_op(&self, project: &str, secret: &str) -> Result<Op, ApiError> {
         if !is_project_name(project) || !secret::is_secret_shaped(secret) {
             return Err(ApiError::NotFound);
         }
@@ -80,15 +68,42 @@ impl TriggerHandler {
         }
         let now = now_ms();
         let job_id = secret::new_job_id(now).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let outcome = self.journal.submit(Op::Trigger {
+        Ok(Op::Trigger {
             secret: hash,
             project: project.to_string(),
             job_id,
             now,
-        })?;
-        match outcome {
-            Outcome::Triggered { row, .. } => Ok((row.job.id, row.job.hook_id, row.job.created_at)),
-            _ => Err(ApiError::NotFound),
+        })
+    }
+}
+
+/// The answer to a trigger once the journal has spoken: `201` with the committed job, or the
+/// refusal. Counts and logs it (the access log names the hook and the job, never the secret).
+fn conclude(metrics: &Metrics, outcome: Result<Outcome, ApiError>, remote: &str) -> Reply {
+    match outcome {
+        Ok(Outcome::Triggered { row, .. }) => {
+            metrics.trigger(TriggerResult::Accepted);
+            let job = row.job;
+            log::info!(
+                "trigger hook={} job={} status=201 remote={remote}",
+                job.hook_id,
+                job.id
+            );
+            Reply::json(
+                201,
+                &json!({"job": {"id": job.id, "state": "PENDING", "createdAt": job.created_at}}),
+            )
+        }
+        Ok(_) => conclude(metrics, Err(ApiError::NotFound), remote),
+        Err(err) => {
+            let result = match err {
+                ApiError::NotFound => TriggerResult::NotFound,
+                _ => TriggerResult::Unavailable,
+            };
+            metrics.trigger(result);
+            let reply = err.reply();
+            log::info!("trigger refused status={} remote={remote}", reply.status);
+            reply
         }
     }
 }
