@@ -386,6 +386,13 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
     while workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Fold the write-ahead log into the database file, so that a copy of the stopped daemon's
+    // journal.redb is the whole journal.
+    if let Err(e) = journal.submit(Op::Checkpoint) {
+        log::warn!(
+            "final journal checkpoint failed ({e}); the write-ahead log keeps the last triggers"
+        );
+    }
     log::info!("stopped");
     Ok(())
 }

@@ -214,3 +214,23 @@ fn sighup_reloads_projects_and_refuses_an_invalid_config() {
     d.wait_state(&third, "READY", T);
     assert!(d.job_log(&third).contains("\nbuild-two\n"));
 }
+
+#[test]
+fn a_clean_stop_leaves_the_whole_journal_in_journal_redb() {
+    let s = setup("lfold", "true", &[("a", "1")], "");
+    let mut d = s.daemon;
+    let ids: Vec<String> = (0..20).map(|_| d.trigger(&s.path)).collect();
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    // The backup the README describes: journal.redb alone, without its write-ahead log.
+    let backup = TempDir::new("lfold-backup");
+    let copy = backup.path().join(deployhook::journal::FILE_NAME);
+    std::fs::copy(d.journal_path(), &copy).unwrap();
+    let (journal, _writer) = deployhook::journal::Journal::open(&copy).unwrap();
+    for id in &ids {
+        assert!(
+            journal.job(id).unwrap().is_some(),
+            "job {id} not in journal.redb"
+        );
+    }
+}

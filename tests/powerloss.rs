@@ -3,12 +3,25 @@
 //! in a run of 200 trigger commits, every trigger acknowledged before the crash is present after
 //! the journal is reopened from what survived, and the reopened journal takes new triggers.
 
-use deployhook::journal::{Hook, Journal, Op, Outcome};
+use deployhook::journal::{Hook, Journal, LogFile, Op, Outcome};
 use deployhook::secret::hash_secret;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 const COMMITS: usize = 200;
+/// A durable database commit every this many batches, the others made durable by the
+/// write-ahead log: crash points fall in both, and in the log's restart after a checkpoint.
+const CHECKPOINT_BATCHES: u64 = 7;
+
+/// Whether the power is on, shared by every file of one machine: syncs are counted across the
+/// journal's database and its write-ahead log.
+#[derive(Debug, Default)]
+struct Power {
+    syncs: u64,
+    /// The sync during which the power goes out (it does not complete).
+    crash_at: Option<u64>,
+    crashed: bool,
+}
 
 #[derive(Debug, Default)]
 struct DiskState {
@@ -18,10 +31,6 @@ struct DiskState {
     durable: Vec<u8>,
     /// Writes since the last sync, replayed onto `durable` when a sync completes.
     unsynced: Vec<Change>,
-    syncs: u64,
-    /// The sync during which the power goes out (it does not complete).
-    crash_at: Option<u64>,
-    crashed: bool,
 }
 
 #[derive(Debug)]
@@ -43,23 +52,46 @@ fn apply(image: &mut Vec<u8>, change: &Change) {
     }
 }
 
+/// One simulated file.
 #[derive(Debug, Clone)]
-struct Disk(Arc<Mutex<DiskState>>);
+struct Disk {
+    file: Arc<Mutex<DiskState>>,
+    power: Arc<Mutex<Power>>,
+}
 
-impl Disk {
-    fn new(image: Vec<u8>, crash_at: Option<u64>) -> Disk {
-        Disk(Arc::new(Mutex::new(DiskState {
-            current: image.clone(),
-            durable: image,
+/// The journal's two files on one power supply.
+#[derive(Debug, Clone)]
+struct Machine {
+    db: Disk,
+    log: Disk,
+}
+
+impl Machine {
+    fn new(db: Vec<u8>, log: Vec<u8>, crash_at: Option<u64>) -> Machine {
+        let power = Arc::new(Mutex::new(Power {
             crash_at,
             ..Default::default()
-        })))
+        }));
+        let disk = |image: Vec<u8>| Disk {
+            file: Arc::new(Mutex::new(DiskState {
+                current: image.clone(),
+                durable: image,
+                ..Default::default()
+            })),
+            power: power.clone(),
+        };
+        Machine {
+            db: disk(db),
+            log: disk(log),
+        }
     }
-    fn durable(&self) -> Vec<u8> {
-        self.0.lock().unwrap().durable.clone()
+    /// The machine after the power comes back: only what was synced.
+    fn after_power_cut(&self) -> Machine {
+        let durable = |d: &Disk| d.file.lock().unwrap().durable.clone();
+        Machine::new(durable(&self.db), durable(&self.log), None)
     }
     fn syncs(&self) -> u64 {
-        self.0.lock().unwrap().syncs
+        self.db.power.lock().unwrap().syncs
     }
 }
 
@@ -67,69 +99,87 @@ fn dead() -> io::Error {
     io::Error::other("the power is out")
 }
 
-impl redb::StorageBackend for Disk {
-    fn len(&self) -> Result<u64, io::Error> {
-        Ok(self.0.lock().unwrap().current.len() as u64)
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        let st = self.0.lock().unwrap();
-        let end = offset as usize + out.len();
-        if st.crashed || end > st.current.len() {
-            return Err(dead());
+impl Disk {
+    fn alive(&self) -> Result<(), io::Error> {
+        match self.power.lock().unwrap().crashed {
+            true => Err(dead()),
+            false => Ok(()),
         }
-        out.copy_from_slice(&st.current[offset as usize..end]);
-        Ok(())
     }
-    fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        let mut st = self.0.lock().unwrap();
-        if st.crashed {
-            return Err(dead());
-        }
-        let change = Change::Resize(len);
+    fn change(&self, change: Change) -> Result<(), io::Error> {
+        self.alive()?;
+        let mut st = self.file.lock().unwrap();
         apply(&mut st.current, &change);
         st.unsynced.push(change);
         Ok(())
     }
-    fn sync_data(&self) -> Result<(), io::Error> {
-        let mut st = self.0.lock().unwrap();
-        if st.crashed {
+    fn sync(&self) -> Result<(), io::Error> {
+        let mut power = self.power.lock().unwrap();
+        if power.crashed {
             return Err(dead());
         }
-        st.syncs += 1;
-        if st.crash_at == Some(st.syncs) {
-            st.crashed = true;
+        power.syncs += 1;
+        if power.crash_at == Some(power.syncs) {
+            power.crashed = true;
             return Err(dead());
         }
+        let mut st = self.file.lock().unwrap();
         let changes = std::mem::take(&mut st.unsynced);
         for change in &changes {
             apply(&mut st.durable, change);
         }
         Ok(())
     }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        let mut st = self.0.lock().unwrap();
-        if st.crashed {
+}
+
+impl redb::StorageBackend for Disk {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(self.file.lock().unwrap().current.len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.alive()?;
+        let st = self.file.lock().unwrap();
+        let end = offset as usize + out.len();
+        if end > st.current.len() {
             return Err(dead());
         }
-        let change = Change::Write(offset, data.to_vec());
-        apply(&mut st.current, &change);
-        st.unsynced.push(change);
+        out.copy_from_slice(&st.current[offset as usize..end]);
         Ok(())
+    }
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.change(Change::Resize(len))
+    }
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.sync()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.change(Change::Write(offset, data.to_vec()))
     }
 }
 
-fn start(disk: Disk) -> Option<(Journal, std::thread::JoinHandle<()>)> {
-    let (journal, writer) = match Journal::open_with_backend(disk.clone()) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!(
-                "open failed: {e} (image {} bytes, {} syncs)",
-                disk.durable().len(),
-                disk.syncs()
-            );
-            return None;
-        }
-    };
+impl LogFile for Disk {
+    fn read_all(&self) -> io::Result<Vec<u8>> {
+        self.alive()?;
+        Ok(self.file.lock().unwrap().current.clone())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.change(Change::Write(offset, data.to_vec()))
+    }
+    fn sync(&self) -> io::Result<()> {
+        Disk::sync(self)
+    }
+}
+
+fn start(machine: &Machine) -> Option<(Journal, std::thread::JoinHandle<()>)> {
+    let (journal, mut writer) =
+        match Journal::open_with_backends(machine.db.clone(), machine.log.clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("open failed: {e} ({} syncs)", machine.syncs());
+                return None;
+            }
+        };
+    writer.set_checkpoints(CHECKPOINT_BATCHES, std::time::Duration::from_secs(3600));
     let handle = std::thread::spawn(move || writer.run(|_| {}, |_| {}));
     Some((journal, handle))
 }
@@ -148,8 +198,8 @@ fn trigger(journal: &Journal, n: usize) -> bool {
 
 /// Runs the workload on `disk`; returns whether the hook's creation was acknowledged and the
 /// job ids acknowledged (before any crash).
-fn workload(disk: &Disk) -> (bool, Vec<String>) {
-    let Some((journal, _writer)) = start(disk.clone()) else {
+fn workload(machine: &Machine) -> (bool, Vec<String>) {
+    let Some((journal, _writer)) = start(machine) else {
         return (false, Vec::new());
     };
     let hook = Hook {
@@ -182,7 +232,7 @@ fn workload(disk: &Disk) -> (bool, Vec<String>) {
 #[test]
 fn every_acknowledged_trigger_survives_a_power_cut_at_any_sync() {
     // A run without a crash tells how many syncs 200 commits take.
-    let clean = Disk::new(Vec::new(), None);
+    let clean = Machine::new(Vec::new(), Vec::new(), None);
     assert_eq!(workload(&clean).1.len(), COMMITS);
     let total = clean.syncs();
     assert!(
@@ -191,11 +241,10 @@ fn every_acknowledged_trigger_survives_a_power_cut_at_any_sync() {
     );
 
     for crash_at in 1..=total {
-        let disk = Disk::new(Vec::new(), Some(crash_at));
-        let (hook_acked, acked) = workload(&disk);
-        // Power back: only the synced image is left.
-        let survivor = Disk::new(disk.durable(), None);
-        let Some((journal, _writer)) = start(survivor) else {
+        let machine = Machine::new(Vec::new(), Vec::new(), Some(crash_at));
+        let (hook_acked, acked) = workload(&machine);
+        // Power back: only the synced images are left.
+        let Some((journal, _writer)) = start(&machine.after_power_cut()) else {
             // Before the first acknowledged write the image may be a half-created database;
             // on a real disk the journal is created under a temporary name and renamed when
             // complete (journal unit test `a_half_created_journal_is_made_again`).

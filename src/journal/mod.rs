@@ -1,12 +1,16 @@
-//! The journal: the single source of truth, kept in one redb file. This is the only module that
-//! knows redb exists.
+//! The journal: the single source of truth, kept in one redb file and its write-ahead log
+//! ([`wal`], `journal.wal` beside it). This is the only module that knows redb exists.
 //!
 //! Threads: one writer thread ([`Writer::run`]) owns every write. Request threads and build
-//! threads [`Journal::submit`] an [`Op`] and wait for its [`Outcome`]; the writer takes every op
-//! waiting in its channel, applies them all in one write transaction and commits once with
-//! immediate durability (group commit: one fsync per batch), then answers each waiter and
-//! hands the committed outcomes to a callback (the scheduler). Readers use read transactions
-//! and never block the writer.
+//! threads [`Journal::submit`] an [`Op`] and wait for its [`Outcome`] (the hook listener's event
+//! loop gets it through [`Journal::submit_then`]); the writer takes every op waiting in its
+//! channel, applies them all in one write transaction, makes that batch durable with one sync
+//! (group commit), then answers each waiter and hands the committed outcomes to a callback (the
+//! scheduler): nothing is answered or scheduled before it would survive a power cut. The sync
+//! is usually of the batch's record in the write-ahead log, with the redb commit itself not
+//! durable; every [`wal::CHECKPOINT_EVERY`] a batch is committed to redb durably instead and
+//! the log starts over. Opening the journal replays the log records redb does not hold.
+//! Readers use read transactions and never block the writer.
 //!
 //! After a failed commit (disk full, I/O error) redb refuses every later write until the file is
 //! reopened, so the writer closes and reopens it before its next batch (at most once per
@@ -20,6 +24,11 @@
 //!   so start-up reads only open jobs, whatever the history.
 //! - Every job is indexed by sequence number, by hook and by project, so listings are range
 //!   scans.
+
+mod wal;
+
+pub use wal::LogFile;
+use wal::Wal;
 
 use crate::secret::SecretHash;
 use crossbeam_channel::{Receiver, Sender};
@@ -47,6 +56,10 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// The journal's file name inside `state_dir`.
 pub const FILE_NAME: &str = "journal.redb";
+/// The extension of its write-ahead log, beside it (`journal.wal`).
+pub const LOG_EXTENSION: &str = "wal";
+/// The `COUNTERS` key of the last batch the database holds (its write-ahead log record number).
+const WAL_SEQ: &str = "wal_seq";
 
 /// Least time between two attempts to reopen a failed journal.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -156,8 +169,9 @@ struct HookRow {
     hook: Hook,
 }
 
-/// A change to the journal, applied by the writer thread.
-#[derive(Debug, Clone)]
+/// A change to the journal, applied by the writer thread (and kept in the write-ahead log as
+/// JSON until a durable commit holds it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Op {
     /// Create a PENDING job for the hook with this secret, if it exists and belongs to
     /// `project`; cancel the hook's previous open job.
@@ -201,6 +215,9 @@ pub enum Op {
     },
     /// Changes nothing: proves the writer thread still answers (watchdog).
     Probe,
+    /// Commits its batch to redb durably, so that the database file alone holds everything
+    /// (at shutdown: a backup of the stopped daemon's `journal.redb` is then complete).
+    Checkpoint,
 }
 
 /// What an op did, once committed.
@@ -218,10 +235,18 @@ pub enum Outcome {
     Finished(JobRow),
     Requeued,
     Pruned(Vec<String>),
+    Checkpointed,
     /// The hook, job or secret does not exist (or does not match).
     NotFound,
     /// The job is in a state the op does not apply to (e.g. canceled before it started).
     NotApplicable,
+}
+
+impl Outcome {
+    /// Whether the op changed the journal (so its batch is committed and logged).
+    fn changes(&self) -> bool {
+        !matches!(self, Outcome::NotFound | Outcome::NotApplicable)
+    }
 }
 
 /// The journal cannot take writes (disk full, I/O error, the writer is gone) or could not be
@@ -344,6 +369,7 @@ pub struct Writer {
     db: Slot,
     secrets: SecretIndex,
     path: Option<PathBuf>,
+    wal: Wal,
     rx: Receiver<Pending>,
     /// Set after a failed commit: the database must be reopened before the next write.
     broken: bool,
@@ -416,23 +442,49 @@ fn create_tables(db: &Database) -> Result<(), JournalError> {
 impl Journal {
     /// Opens (or creates) the journal file and makes sure every table exists.
     pub fn open(path: &Path) -> Result<(Journal, Writer), JournalError> {
-        Journal::with_database(open_database(path)?, Some(path.to_path_buf()))
+        let fresh = !path.exists();
+        let log_path = path.with_extension(LOG_EXTENSION);
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&log_path)
+                .map_err(|e| JournalError(format!("cannot open {}: {e}", log_path.display())))?
+        };
+        if fresh {
+            // A log left beside a journal that was removed belongs to that journal.
+            log.set_len(0)
+                .map_err(|e| JournalError(format!("cannot reset {}: {e}", log_path.display())))?;
+        }
+        Journal::with_database(
+            open_database(path)?,
+            Box::new(log),
+            Some(path.to_path_buf()),
+        )
     }
 
-    /// A journal on a custom storage backend (fault-injection tests simulate power loss with
-    /// one). It cannot be reopened after a failed write.
-    pub fn open_with_backend(
+    /// A journal on a custom storage backend and log file (fault-injection tests simulate power
+    /// loss with them). It cannot be reopened after a failed write.
+    pub fn open_with_backends(
         backend: impl redb::StorageBackend,
+        log: impl LogFile,
     ) -> Result<(Journal, Writer), JournalError> {
         let db = builder().create_with_backend(backend)?;
-        Journal::with_database(db, None)
+        Journal::with_database(db, Box::new(log), None)
     }
 
     fn with_database(
         db: Database,
+        log: Box<dyn LogFile>,
         path: Option<PathBuf>,
     ) -> Result<(Journal, Writer), JournalError> {
         create_tables(&db)?;
+        let mut wal = Wal::new(log);
+        replay_log(&db, &mut wal)?;
         let secrets: SecretIndex = Arc::new(RwLock::new(load_secrets(&db)?));
         let db = Arc::new(db);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -448,6 +500,7 @@ impl Journal {
                 db: slot,
                 secrets,
                 path,
+                wal,
                 rx,
                 broken: false,
                 last_reopen: None,
@@ -672,6 +725,7 @@ impl Writer {
             .as_ref()
             .ok_or_else(|| JournalError("this journal cannot be reopened".into()))?;
         let db = open_database(path)?;
+        replay_log(&db, &mut self.wal)?;
         *slot = Some(Arc::new(db));
         self.broken = false;
         log::info!("journal reopened after a failed write; accepting writes again");
@@ -718,6 +772,14 @@ impl Writer {
         }
     }
 
+    /// Commits durably to the database every `batches` batches or `every` at least (the others
+    /// go through the write-ahead log). For fault tests, which want crash points in both.
+    #[doc(hidden)]
+    pub fn set_checkpoints(&mut self, batches: u64, every: Duration) {
+        self.wal.max_records = batches.max(1);
+        self.wal.every = every;
+    }
+
     /// Brings the secret index in line with the hooks a committed batch created or revoked.
     fn note_hook_changes(&self, batch: &[Pending], outcomes: &[Outcome]) {
         for (pending, outcome) in batch.iter().zip(outcomes) {
@@ -750,27 +812,90 @@ impl Writer {
         result
     }
 
-    fn try_commit(&self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
+    /// Applies `batch` in one write transaction. A checkpoint commits it to redb durably; any
+    /// other batch is committed to redb without durability and made durable by its record in
+    /// the write-ahead log, written before the commit (so a failed record refuses the batch)
+    /// and synced after it (so nothing is answered before it would survive a power cut).
+    fn try_commit(&mut self, batch: &[Pending]) -> Result<Vec<Outcome>, JournalError> {
         let db = current(&self.db)?;
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        let seq = self.wal.seq + 1;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut tables = Tables::open(&txn)?;
             for pending in batch {
                 outcomes.push(tables.apply(&pending.op)?);
             }
+            if outcomes.iter().any(Outcome::changes) {
+                tables.counters.insert(WAL_SEQ, seq)?;
+            }
             tables.flush()?;
         }
-        let changed = outcomes
-            .iter()
-            .any(|o| !matches!(o, Outcome::NotFound | Outcome::NotApplicable));
-        if changed {
-            txn.commit()?;
-        } else {
+        if !outcomes.iter().any(Outcome::changes) {
             txn.abort()?;
+            return Ok(outcomes);
         }
+        let asked = batch.iter().any(|p| matches!(p.op, Op::Checkpoint));
+        if asked || self.wal.checkpoint_due() {
+            txn.commit()?;
+            self.wal.checkpointed(seq);
+            return Ok(outcomes);
+        }
+        let ops: Vec<&Op> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.changes())
+            .map(|(pending, _)| &pending.op)
+            .collect();
+        let record = wal::encode(seq, &ops)?;
+        self.wal.write(&record)?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| JournalError(e.to_string()))?;
+        if let Err(e) = txn.commit() {
+            self.wal.unwrite();
+            return Err(e.into());
+        }
+        self.wal.seq = seq;
+        self.wal.sync(record.len())?;
         Ok(outcomes)
     }
+}
+
+/// Applies the log records the database does not hold yet (see [`wal`]) in one durable commit;
+/// the log then starts over. Returns how many batches it applied.
+fn replay_log(db: &Database, wal: &mut Wal) -> Result<usize, JournalError> {
+    let bytes = wal
+        .read_all()
+        .map_err(|e| JournalError(format!("cannot read the journal log: {e}")))?;
+    let held = {
+        let txn = db.begin_read()?;
+        let counters = txn.open_table(COUNTERS)?;
+        let value = counters.get(WAL_SEQ)?.map_or(0, |v| v.value());
+        value
+    };
+    let records = wal::to_replay(wal::decode(&bytes), held);
+    let Some(last) = records.last().map(|(seq, _)| *seq) else {
+        wal.checkpointed(held);
+        return Ok(0);
+    };
+    let txn = db.begin_write()?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for (_, ops) in &records {
+            for op in ops {
+                tables.apply(op)?;
+            }
+        }
+        tables.counters.insert(WAL_SEQ, last)?;
+        tables.flush()?;
+    }
+    txn.commit()?;
+    wal.checkpointed(last);
+    log::info!(
+        "journal: replayed {} batches from its write-ahead log",
+        records.len()
+    );
+    Ok(records.len())
 }
 
 /// Every table, opened once per write transaction.
@@ -906,6 +1031,7 @@ impl<'t> Tables<'t> {
             }),
             Op::Prune { keep } => self.prune(*keep),
             Op::Probe => Ok(Outcome::NotApplicable),
+            Op::Checkpoint => Ok(Outcome::Checkpointed),
         }
     }
 
@@ -1182,7 +1308,7 @@ mod tests {
     }
 
     /// Applies `ops` as one batch, the way the writer thread does (one transaction).
-    fn one_batch(w: &Writer, ops: Vec<Op>) -> Vec<Outcome> {
+    fn one_batch(w: &mut Writer, ops: Vec<Op>) -> Vec<Outcome> {
         let batch: Vec<Pending> = ops
             .into_iter()
             .map(|op| Pending {
@@ -1219,9 +1345,9 @@ mod tests {
     #[test]
     fn one_batch_sees_its_own_jobs_and_revocations() {
         let dir = tempdir::Dir::new();
-        let (j, w) = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let (j, mut w) = Journal::open(&dir.path().join("j.redb")).unwrap();
         let out = one_batch(
-            &w,
+            &mut w,
             vec![
                 hook_op("hook_a", "s1"),
                 trigger_op("s1", "J1"),
@@ -1262,14 +1388,14 @@ mod tests {
     #[test]
     fn retention_goes_in_bounded_steps_and_keeps_the_newest() {
         let dir = tempdir::Dir::new();
-        let (j, w) = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let (j, mut w) = Journal::open(&dir.path().join("j.redb")).unwrap();
         let total = 2 * MAX_PRUNE_PER_OP + 100;
         let mut ops = vec![hook_op("hook_a", "s1")];
         ops.extend((0..total).map(|i| trigger_op("s1", &format!("J{i:05}"))));
-        one_batch(&w, ops);
+        one_batch(&mut w, ops);
         let mut steps = Vec::new();
         loop {
-            match one_batch(&w, vec![Op::Prune { keep: 10 }]).remove(0) {
+            match one_batch(&mut w, vec![Op::Prune { keep: 10 }]).remove(0) {
                 Outcome::Pruned(ids) => steps.push(ids.len()),
                 Outcome::NotApplicable => break,
                 other => panic!("{other:?}"),
@@ -1422,15 +1548,89 @@ mod tests {
         assert!(!path.with_extension("new").exists());
     }
 
+    /// A journal whose batches go to the write-ahead log only (no checkpoint for an hour).
+    fn logged_journal(dir: &Path) -> Journal {
+        let (j, mut writer) = Journal::open(&dir.join("j.redb")).unwrap();
+        writer.set_checkpoints(u64::MAX, Duration::from_secs(3600));
+        std::thread::spawn(move || writer.run(|_| {}, |_| {}));
+        j
+    }
+
+    /// Copies the journal's files as they are on disk now, the way a power cut would leave them
+    /// (the database is still open: redb's durable state, plus the log).
+    fn copy_files(from: &Path, to: &Path, with_log: bool) {
+        std::fs::copy(from.join("j.redb"), to.join("j.redb")).unwrap();
+        if with_log {
+            std::fs::copy(from.join("j.wal"), to.join("j.wal")).unwrap();
+        }
+    }
+
+    #[test]
+    fn batches_held_only_by_the_log_are_replayed_at_open() {
+        let live = tempdir::Dir::new();
+        let j = logged_journal(live.path());
+        hook(&j, "hook_a", "s1");
+        let ids: Vec<String> = (0..40).map(|n| format!("J{n:02}")).collect();
+        for id in &ids {
+            assert!(matches!(trigger(&j, "s1", id), Outcome::Triggered { .. }));
+        }
+        // Without its log the database holds none of it: the log is what made it durable.
+        let bare = tempdir::Dir::new();
+        copy_files(live.path(), bare.path(), false);
+        let (b, _w) = Journal::open(&bare.path().join("j.redb")).unwrap();
+        assert!(b.job("J39").unwrap().is_none());
+        assert!(b.hooks().unwrap().is_empty());
+        // With it, every acknowledged op is back, in order: the newest job is the open one.
+        let copy = tempdir::Dir::new();
+        copy_files(live.path(), copy.path(), true);
+        let (c, w) = Journal::open(&copy.path().join("j.redb")).unwrap();
+        for id in &ids {
+            assert!(c.job(id).unwrap().is_some(), "{id} lost");
+        }
+        let open: Vec<String> = c
+            .open_jobs()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.job.id)
+            .collect();
+        assert_eq!(open, ["J39"]);
+        // The reopened journal goes on numbering batches after the replayed ones.
+        std::thread::spawn(move || w.run(|_| {}, |_| {}));
+        assert!(matches!(
+            trigger(&c, "s1", "J40"),
+            Outcome::Triggered { .. }
+        ));
+        drop(c);
+    }
+
+    #[test]
+    fn a_log_beside_a_removed_journal_is_not_replayed_into_a_new_one() {
+        let live = tempdir::Dir::new();
+        let j = logged_journal(live.path());
+        hook(&j, "hook_a", "s1");
+        trigger(&j, "s1", "J1");
+        let copy = tempdir::Dir::new();
+        copy_files(live.path(), copy.path(), true);
+        std::fs::remove_file(copy.path().join("j.redb")).unwrap();
+        let (c, _w) = Journal::open(&copy.path().join("j.redb")).unwrap();
+        assert!(c.hooks().unwrap().is_empty());
+        assert!(c.job("J1").unwrap().is_none());
+    }
+
     #[test]
     fn secrets_are_stored_only_as_hashes() {
-        let (d, j) = journal();
+        let d = tempdir::Dir::new();
+        let j = logged_journal(d.path());
         let secret = "Zq3Xv9Lm2Pp0Rr7Tt5Uu1Ww8Yy4Aa6Bb";
         hook(&j, "hook_a", secret);
+        trigger(&j, secret, "J1");
+        for file in ["j.wal", "j.redb"] {
+            let bytes = std::fs::read(d.path().join(file)).unwrap();
+            assert!(bytes.len() > 100, "{file} is empty");
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{file}");
+        }
         drop(j);
-        let bytes = std::fs::read(d.path().join("j.redb")).unwrap();
-        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
-        assert!(!found);
         assert_eq!(unhex(&hex(&hash_secret(secret))), Some(hash_secret(secret)));
     }
 }
