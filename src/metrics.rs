@@ -164,7 +164,7 @@ impl Metrics {
             (
                 "deployhook_journal_bytes",
                 "gauge",
-                "Size of the journal file.",
+                "Bytes the journal takes on disk (database and write-ahead log).",
                 journal_bytes,
             ),
             (

@@ -533,12 +533,12 @@ impl Journal {
         }
     }
 
-    /// Size of the journal file in bytes.
+    /// Bytes the journal takes on disk: the database file and its write-ahead log.
     pub fn file_bytes(&self) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         self.path
             .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len())
+            .map_or(0, |p| size(p) + size(&p.with_extension(LOG_EXTENSION)))
     }
 
     fn read(&self) -> Result<ReadTransaction, JournalError> {
