@@ -197,6 +197,30 @@ fn keep_alive_serves_several_requests_and_a_chunked_body_is_drained() {
 }
 
 #[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = setup("hpipe", "true", &[("a", "1")], "");
+    let mut stream = TcpStream::connect(s.daemon.public).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // Sent in one write: the second and later requests wait behind the first one's commit, and
+    // answers that need no commit must not overtake the ones that do.
+    let req = format!(
+        "POST {p} HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nDELETE {p} HTTP/1.1\r\nHost: x\r\n\r\nPOST {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        p = s.path
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["201", "404", "405", "201"], "{text}");
+}
+
+#[test]
 fn garbage_requests_get_json_errors() {
     let s = setup("hgarbage", "true", &[("a", "1")], "");
     for (req, status) in [

@@ -56,6 +56,14 @@ struct Mailbox {
 }
 
 impl Mailbox {
+    fn post(&self, token: Token, make: Later) {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((token, make));
+        self.wake();
+    }
+
     fn wake(&self) {
         if !self.woken.swap(true, Ordering::AcqRel) {
             if let Err(e) = self.waker.wake() {
@@ -68,19 +76,27 @@ impl Mailbox {
 /// The way back to one request's connection.
 pub struct Answer {
     token: Token,
-    mailbox: Arc<Mailbox>,
+    /// Taken by the one answer sent.
+    mailbox: Option<Arc<Mailbox>>,
 }
 
 impl Answer {
-    /// Hands the reply to the listener thread; `make` runs there. Dropping an `Answer` without
-    /// sending leaves its connection waiting until the client goes away, so every path sends.
-    pub fn send(self, make: impl FnOnce() -> Reply + Send + 'static) {
-        self.mailbox
-            .answers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((self.token, Box::new(make)));
-        self.mailbox.wake();
+    /// Hands the reply to the listener thread; `make` runs there.
+    pub fn send(mut self, make: impl FnOnce() -> Reply + Send + 'static) {
+        if let Some(mailbox) = self.mailbox.take() {
+            mailbox.post(self.token, Box::new(make));
+        }
+    }
+}
+
+impl Drop for Answer {
+    /// An answer dropped unsent (its op lost with a thread that panicked, say) still answers,
+    /// with a `500`, rather than leave its connection waiting for ever.
+    fn drop(&mut self) {
+        if let Some(mailbox) = self.mailbox.take() {
+            let lost = || ApiError::Internal("the request was dropped unanswered".into()).reply();
+            mailbox.post(self.token, Box::new(lost));
+        }
     }
 }
 
@@ -336,7 +352,7 @@ impl EventLoop {
                 conn.phase = Phase::Handling;
                 let answer = Answer {
                     token,
-                    mailbox: self.mailbox.clone(),
+                    mailbox: Some(self.mailbox.clone()),
                 };
                 self.handler.handle(&req, answer);
                 conn.close_after |= req.wants_close();
@@ -510,6 +526,30 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_dropped_unsent_still_answers_500() {
+        let poll = Poll::new().unwrap();
+        let mailbox = Arc::new(Mailbox {
+            answers: Mutex::new(Vec::new()),
+            woken: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            waker: Waker::new(poll.registry(), WAKER).unwrap(),
+        });
+        let answer = |n| Answer {
+            token: Token(n),
+            mailbox: Some(mailbox.clone()),
+        };
+        answer(7).send(|| Reply::text(201, "made".into()));
+        drop(answer(8));
+        let answers = std::mem::take(&mut *mailbox.answers.lock().unwrap());
+        let got: Vec<(usize, u16)> = answers
+            .into_iter()
+            .map(|(token, make)| (token.0, make().status))
+            .collect();
+        assert_eq!(got, [(7, 201), (8, 500)]);
+        assert!(mailbox.woken.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn input_bound_leaves_room_for_a_chunked_body_at_the_limit() {
