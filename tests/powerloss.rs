@@ -1,6 +1,7 @@
-//! Simulated power loss under the journal: a storage backend that keeps only what was synced
-//! loses everything written after the last sync at a chosen sync number. For every crash point
-//! in a run of 200 trigger commits, every trigger acknowledged before the crash is present after
+//! Simulated power loss under the journal: its database (a redb storage backend) and its
+//! write-ahead log sit on simulated disks that keep only what was synced, on one power supply
+//! that goes out at a chosen sync number (counted across both files). For every crash point in
+//! a run of 200 trigger commits, every trigger acknowledged before the crash is present after
 //! the journal is reopened from what survived, and the reopened journal takes new triggers.
 
 use deployhook::journal::{Hook, Journal, LogFile, Op, Outcome};

@@ -51,7 +51,8 @@ const JOBS_BY_PROJECT: TableDefinition<(&str, u64), &str> = TableDefinition::new
 const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::new("open_by_hook");
 /// Per-hook number of stored jobs, for retention.
 const HOOK_JOB_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("hook_job_counts");
-/// `seq` (last sequence number) and `state.<STATE>` (jobs per state).
+/// `seq` (last sequence number), `state.<STATE>` (jobs per state) and `wal_seq` (the last
+/// batch the database holds, see [`wal`]).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// The journal's file name inside `state_dir`.
