@@ -75,11 +75,13 @@ pub fn bind(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
 }
 
 impl Admin {
-    /// Serves the socket until it is closed; one short-lived thread per connection.
+    /// Serves the socket until it is shut down; one short-lived thread per connection.
     pub fn serve(self: Arc<Self>, listener: UnixListener) {
         for stream in listener.incoming() {
             let stream = match stream {
                 Ok(s) => s,
+                // The daemon shut the socket down (it is stopping): accept says EINVAL from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
                 Err(e) => {
                     log::warn!("admin socket accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(50));
