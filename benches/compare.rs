@@ -289,19 +289,17 @@ fn goal(what: &str, met: bool, figure: String) {
     );
 }
 
-/// A deployhook daemon with one hook; builds run `build`.
-fn deployhook(dir: &TempDir, build: &str, extra: &str) -> (Daemon, String, Repo) {
-    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
-    let config = write_config(
-        dir.path(),
+/// A deployhook daemon with one hook; builds run `build`. The daemon logs every trigger (its
+/// access log) to a file, as it would to journald, rather than into a pipe this process would
+/// have to read during the load.
+fn deployhook(dir: TempDir, build: &str, extra: &str) -> Setup {
+    setup_in(
+        dir,
+        build,
+        &[("a", "1")],
         extra,
-        &[ProjectSpec::new("site", &repo.path, build)],
-    );
-    // The daemon logs every trigger (its access log) to a file, as it would to journald,
-    // rather than into a pipe this process would have to read during the load.
-    let d = Daemon::start_logging_to_file(&config);
-    let (_, path) = d.create_hook("site", "main");
-    (d, path, repo)
+        Daemon::start_logging_to_file,
+    )
 }
 
 fn jobs_in_journal(d: &Daemon) -> u64 {
@@ -354,15 +352,19 @@ fn throughput(
 
     // deployhook: one hook, builds that do nothing, so the trigger path is what is measured.
     for c in [1, 64] {
-        let d_dir = TempDir::new("cmp-dh");
         // Every job stays in the journal (no retention) so that it can be counted.
-        let (d, path, _repo) = deployhook(&d_dir, "true", "workers = 2\nkeep_jobs = 10000000");
+        let s = deployhook(
+            TempDir::new("cmp-dh"),
+            "true",
+            "workers = 2\nkeep_jobs = 10000000",
+        );
+        let (d, path) = (&s.daemon, &s.path);
         std::thread::sleep(Duration::from_millis(300));
         let idle = rss_mib(d.pid());
-        let before = jobs_in_journal(&d);
+        let before = jobs_in_journal(d);
         let load = wrk(&format!("http://{}{path}", d.public), c, &post);
         let rss_end = rss_mib(d.pid());
-        let done = jobs_in_journal(&d) - before;
+        let done = jobs_in_journal(d) - before;
         rows.push(Row {
             name: "deployhook (durable)".into(),
             connections: c,
@@ -455,11 +457,12 @@ fn cancel_latency() -> (f64, f64) {
         pidfile.display(),
         p = pidfile.display()
     );
-    let (d, path, _repo) = deployhook(&dir, &build, "workers = 1");
+    let s = deployhook(dir, &build, "workers = 1");
+    let (d, path) = (&s.daemon, &s.path);
     let mut samples = Vec::new();
     for _ in 0..20 {
         let _ = std::fs::remove_file(&pidfile);
-        let id = d.trigger(&path);
+        let id = d.trigger(path);
         d.wait_state(&id, "BUILDING", Duration::from_secs(30));
         assert!(wait_until(Duration::from_secs(30), || pidfile.exists()));
         std::thread::sleep(Duration::from_millis(50));
@@ -468,10 +471,10 @@ fn cancel_latency() -> (f64, f64) {
             .trim()
             .parse()
             .unwrap();
-        let resp = http(d.public, "POST", &path, &[], b"");
+        let resp = http(d.public, "POST", path, &[], b"");
         let acked = Instant::now();
         assert_eq!(resp.status, 201);
-        while deployhook::build::group_alive(pgid) {
+        while deployhook::build::group_exists(pgid) {
             std::thread::sleep(Duration::from_micros(200));
         }
         samples.push(acked.elapsed().as_secs_f64() * 1000.0);

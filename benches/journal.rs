@@ -141,15 +141,14 @@ fn measure(jobs: usize) -> Scale {
 }
 
 fn retention(keep: usize, total: usize) -> (usize, Duration, u64, usize) {
-    let dir = TempDir::new("bench-retain");
-    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
-    let config = write_config(
-        dir.path(),
+    let s = setup_in(
+        TempDir::new("bench-retain"),
+        "true",
+        &[("a", "1")],
         &format!("keep_jobs = {keep}"),
-        &[ProjectSpec::new("site", &repo.path, "true")],
+        Daemon::start_logging_to_file,
     );
-    let d = Daemon::start_logging_to_file(&config);
-    let (hook, path) = d.create_hook("site", "main");
+    let (d, hook, path) = (&s.daemon, &s.hook, &s.path);
     const CLIENTS: usize = 32;
     let t0 = Instant::now();
     let threads: Vec<_> = (0..CLIENTS)

@@ -14,8 +14,9 @@ use crate::config::{Config, Project};
 use crate::journal::{JobState, Journal, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::scheduler::{Assignment, Event, QueuedJob};
-pub use crate::sys::spread_new_directories;
 use crate::sys::{self, Signal};
+/// For the benchmarks, which time cancellation and checkouts with them.
+pub use crate::sys::{group_exists, spread_new_directories};
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -752,11 +753,6 @@ fn terminate(child: &mut Child, pgid: i32, job_id: &str, grace: Duration) {
     let _ = sys::signal_group(pgid, Signal::Kill);
     kill_by_job_id(job_id);
     let _ = child.wait();
-}
-
-/// Whether a live (not zombie) process is still in process group `pgid`.
-pub fn group_alive(pgid: i32) -> bool {
-    sys::group_exists(pgid)
 }
 
 /// SIGKILLs every process whose environment carries this job's id (they escaped the group).

@@ -821,17 +821,7 @@ impl Writer {
         let db = current(&self.db)?;
         let mut txn = db.begin_write()?;
         let seq = self.wal.seq + 1;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        {
-            let mut tables = Tables::open(&txn)?;
-            for pending in batch {
-                outcomes.push(tables.apply(&pending.op)?);
-            }
-            if outcomes.iter().any(Outcome::changes) {
-                tables.counters.insert(WAL_SEQ, seq)?;
-            }
-            tables.flush()?;
-        }
+        let outcomes = apply_batch(&txn, batch.iter().map(|p| &p.op), seq)?;
         if !outcomes.iter().any(Outcome::changes) {
             txn.abort()?;
             return Ok(outcomes);
@@ -862,6 +852,24 @@ impl Writer {
     }
 }
 
+/// Applies `ops` in `txn`, one after the other, and marks the transaction as holding batch
+/// `seq` of the write-ahead log if any op changed something.
+fn apply_batch<'a>(
+    txn: &WriteTransaction,
+    ops: impl Iterator<Item = &'a Op>,
+    seq: u64,
+) -> Result<Vec<Outcome>, JournalError> {
+    let mut tables = Tables::open(txn)?;
+    let outcomes = ops
+        .map(|op| tables.apply(op))
+        .collect::<Result<Vec<_>, _>>()?;
+    if outcomes.iter().any(Outcome::changes) {
+        tables.counters.insert(WAL_SEQ, seq)?;
+    }
+    tables.flush()?;
+    Ok(outcomes)
+}
+
 /// Applies the log records the database does not hold yet (see [`wal`]) in one durable commit;
 /// the log then starts over. Returns how many batches it applied.
 fn replay_log(db: &Database, wal: &mut Wal) -> Result<usize, JournalError> {
@@ -880,16 +888,7 @@ fn replay_log(db: &Database, wal: &mut Wal) -> Result<usize, JournalError> {
         return Ok(0);
     };
     let txn = db.begin_write()?;
-    {
-        let mut tables = Tables::open(&txn)?;
-        for (_, ops) in &records {
-            for op in ops {
-                tables.apply(op)?;
-            }
-        }
-        tables.counters.insert(WAL_SEQ, last)?;
-        tables.flush()?;
-    }
+    apply_batch(&txn, records.iter().flat_map(|(_, ops)| ops), last)?;
     txn.commit()?;
     wal.checkpointed(last);
     log::info!(

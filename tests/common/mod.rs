@@ -594,14 +594,26 @@ pub struct Setup {
 }
 
 pub fn setup(tag: &str, build: &str, files: &[(&str, &str)], extra: &str) -> Setup {
-    let dir = TempDir::new(tag);
+    setup_in(TempDir::new(tag), build, files, extra, Daemon::start)
+}
+
+/// [`setup`] in a folder the caller made (its build may name files there), with the daemon
+/// started by `start` (benchmarks use [`Daemon::start_logging_to_file`], so that no pipe has to
+/// be read while they load the daemon).
+pub fn setup_in(
+    dir: TempDir,
+    build: &str,
+    files: &[(&str, &str)],
+    extra: &str,
+    start: fn(&Path) -> Daemon,
+) -> Setup {
     let repo = Repo::new(dir.path(), "repo", files);
     let config = write_config(
         dir.path(),
         extra,
         &[ProjectSpec::new("site", &repo.path, build)],
     );
-    let daemon = Daemon::start(&config);
+    let daemon = start(&config);
     let (hook, path) = daemon.create_hook("site", "main");
     Setup {
         daemon,
