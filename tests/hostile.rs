@@ -23,13 +23,26 @@ fn quick_trigger(s: &Setup) -> Duration {
     took
 }
 
-fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Response {
+/// Sends `bytes` on a new connection and returns everything the daemon writes back until it
+/// closes the connection.
+fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let _ = s.write_all(bytes);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    parse_response(&out, false)
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Response {
+    parse_response(exchange(addr, bytes).as_bytes(), false)
+}
+
+/// The status codes of the responses in `text`, in order.
+fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..at + 12])
+        .collect()
 }
 
 #[test]
@@ -181,43 +194,25 @@ fn connections_past_the_limit_are_answered_503_and_the_daemon_survives() {
 #[test]
 fn keep_alive_serves_several_requests_and_a_chunked_body_is_drained() {
     let s = setup("hkeep", "true", &[("a", "1")], "");
-    let mut stream = TcpStream::connect(s.daemon.public).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     let req = format!(
         "POST {p} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\nGET {p} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         p = s.path
     );
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    assert_eq!(text.matches("HTTP/1.1 201 Created").count(), 3, "{text}");
+    let text = exchange(s.daemon.public, req.as_bytes());
+    assert_eq!(statuses(&text), ["201", "201", "201"], "{text}");
 }
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let s = setup("hpipe", "true", &[("a", "1")], "");
-    let mut stream = TcpStream::connect(s.daemon.public).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     // Sent in one write: the second and later requests wait behind the first one's commit, and
     // answers that need no commit must not overtake the ones that do.
     let req = format!(
         "POST {p} HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nDELETE {p} HTTP/1.1\r\nHost: x\r\n\r\nPOST {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         p = s.path
     );
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    let statuses: Vec<&str> = text
-        .match_indices("HTTP/1.1 ")
-        .map(|(at, _)| &text[at + 9..at + 12])
-        .collect();
-    assert_eq!(statuses, ["201", "404", "405", "201"], "{text}");
+    let text = exchange(s.daemon.public, req.as_bytes());
+    assert_eq!(statuses(&text), ["201", "404", "405", "201"], "{text}");
 }
 
 #[test]
