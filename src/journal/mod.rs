@@ -637,22 +637,16 @@ impl Journal {
             }
             Ok(rows.len() < filter.limit && scanned < MAX_LIST_SCAN)
         };
-        if let Some(hook) = &filter.hook {
-            let index = txn.open_table(JOBS_BY_HOOK)?;
+        // The per-hook and per-project indexes have the same shape: (key, seq) -> id.
+        let keyed = match (&filter.hook, &filter.project) {
+            (Some(hook), _) => Some((JOBS_BY_HOOK, hook)),
+            (None, Some(project)) => Some((JOBS_BY_PROJECT, project)),
+            (None, None) => None,
+        };
+        if let Some((table, wanted)) = keyed {
+            let index = txn.open_table(table)?;
             for entry in index
-                .range((hook.as_str(), 0)..(hook.as_str(), before))?
-                .rev()
-            {
-                let (key, id) = entry?;
-                if !visit(key.value().1, id.value())? {
-                    exhausted = false;
-                    break;
-                }
-            }
-        } else if let Some(project) = &filter.project {
-            let index = txn.open_table(JOBS_BY_PROJECT)?;
-            for entry in index
-                .range((project.as_str(), 0)..(project.as_str(), before))?
+                .range((wanted.as_str(), 0)..(wanted.as_str(), before))?
                 .rev()
             {
                 let (key, id) = entry?;
