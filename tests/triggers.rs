@@ -184,10 +184,16 @@ fn the_secret_is_stored_only_as_a_hash_and_never_logged() {
         Duration::from_secs(5)
     ));
     assert!(!s.daemon.log_text().contains(&secret));
-    let journal = std::fs::read(s.daemon.journal_path()).unwrap();
-    assert!(!journal
-        .windows(secret.len())
-        .any(|w| w == secret.as_bytes()));
+    let journal = s.daemon.journal_path();
+    let log_file = journal.with_extension(deployhook::journal::LOG_EXTENSION);
+    for file in [journal, log_file] {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{}",
+            file.display()
+        );
+    }
     let log =
         std::fs::read_to_string(s.daemon.state_dir().join(format!("logs/{job}.log"))).unwrap();
     assert!(!log.contains(&secret));

@@ -258,6 +258,91 @@ mod tests {
         assert_eq!(seqs(&decode(&cleared)), [1]);
     }
 
+    /// A log in memory whose syncs can be made to fail.
+    #[derive(Default)]
+    struct MemLog {
+        bytes: std::sync::Mutex<Vec<u8>>,
+        fail_sync: std::sync::atomic::AtomicBool,
+    }
+
+    impl LogFile for std::sync::Arc<MemLog> {
+        fn read_all(&self) -> io::Result<Vec<u8>> {
+            Ok(self.bytes.lock().unwrap().clone())
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            let mut bytes = self.bytes.lock().unwrap();
+            let end = offset as usize + data.len();
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+        fn sync(&self) -> io::Result<()> {
+            match self.fail_sync.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Err(io::Error::other("sync failed")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    /// Appends record `seq` the way the writer does.
+    fn append(wal: &mut Wal, seq: u64) -> Result<(), JournalError> {
+        let rec = record(seq);
+        wal.write(&rec)?;
+        wal.seq = seq;
+        wal.sync(rec.len())
+    }
+
+    #[test]
+    fn checkpoints_come_after_enough_records_time_or_a_failed_sync() {
+        let mem = std::sync::Arc::new(MemLog::default());
+        let mut wal = Wal::new(Box::new(mem.clone()));
+        wal.checkpointed(0);
+        wal.max_records = 3;
+        for seq in 1..=3 {
+            assert!(!wal.checkpoint_due(), "before record {seq}");
+            append(&mut wal, seq).unwrap();
+        }
+        assert!(wal.checkpoint_due(), "after max_records");
+        assert_eq!(seqs(&decode(&wal.read_all().unwrap())), [1, 2, 3]);
+        // After a checkpoint the log starts over at offset 0, over the old records.
+        wal.checkpointed(4);
+        assert!(!wal.checkpoint_due());
+        append(&mut wal, 5).unwrap();
+        assert_eq!(seqs(&to_replay(decode(&wal.read_all().unwrap()), 4)), [5]);
+        // A failed sync: the record may not be on disk, so the next batch must be durable.
+        mem.fail_sync
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(append(&mut wal, 6).is_err());
+        assert!(wal.checkpoint_due());
+        mem.fail_sync
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        wal.checkpointed(7);
+        wal.every = Duration::from_millis(30);
+        assert!(!wal.checkpoint_due());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(wal.checkpoint_due(), "after `every`");
+    }
+
+    #[test]
+    fn a_record_taken_back_is_never_replayed() {
+        let mem = std::sync::Arc::new(MemLog::default());
+        let mut wal = Wal::new(Box::new(mem));
+        wal.checkpointed(0);
+        append(&mut wal, 1).unwrap();
+        // Record 2 is written, then its database commit fails.
+        wal.write(&record(2)).unwrap();
+        wal.unwrite();
+        assert_eq!(seqs(&to_replay(decode(&wal.read_all().unwrap()), 0)), [1]);
+        // The next batch takes its place.
+        append(&mut wal, 2).unwrap();
+        assert_eq!(
+            seqs(&to_replay(decode(&wal.read_all().unwrap()), 0)),
+            [1, 2]
+        );
+    }
+
     #[test]
     fn replay_starts_after_the_database_and_stops_at_stale_records() {
         // After a checkpoint at 5 the log restarted: 6 and 7 overwrote the start of the old
