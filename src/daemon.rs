@@ -13,9 +13,10 @@
 use crate::build::{self, Context};
 use crate::config::{self, Config, ConfigError};
 use crate::http::admin::{self, Admin};
-use crate::http::conn::{Limits, Listener};
+use crate::http::conn::Listener;
 use crate::http::status::StatusHandler;
 use crate::http::trigger::TriggerHandler;
+use crate::http::wire::Limits;
 use crate::journal::{JobState, Journal, JournalError, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::notify;

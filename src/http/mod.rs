@@ -9,6 +9,7 @@ pub mod page;
 pub mod poll;
 pub mod status;
 pub mod trigger;
+pub mod wire;
 
 use serde::Serialize;
 use std::io::{self, Write};
@@ -18,7 +19,7 @@ use std::io::{self, Write};
 /// request-router fuzz target; returns the error a client would be answered, if any.
 #[doc(hidden)]
 pub fn route_offline(bytes: &[u8]) -> Result<(), ApiError> {
-    let Some(req) = conn::parse_request(bytes, &conn::Limits::DEFAULT)? else {
+    let Some(req) = wire::parse_request(bytes, &wire::Limits::DEFAULT)? else {
         return Ok(());
     };
     if let Some((project, secret)) = trigger::parse_hook_path(&req.path) {

@@ -13,7 +13,7 @@
 //! write timeouts, and the connection limit (past it a connection is answered `503`). A
 //! connection carries one request at a time; bytes of the next one wait until it is answered.
 
-use super::conn::{parse_request_prefix, refuse_busy, write_reply, Limits, Request};
+use super::wire::{parse_request_prefix, refuse_busy, write_reply, Limits, Request};
 use super::{ApiError, Reply};
 use mio::net::TcpStream;
 use mio::unix::SourceFd;

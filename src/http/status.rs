@@ -3,7 +3,8 @@
 //! GET and HEAD only. Everything is read from the journal with read transactions (never
 //! blocking the writer) and from log files; secrets are never loaded, so none can be shown.
 
-use super::conn::{Handler, Request};
+use super::conn::Handler;
+use super::wire::Request;
 use super::{page, ApiError, Reply};
 use crate::config::Config;
 use crate::journal::{Job, JobFilter, JobRow, JobState, Journal};

@@ -5,8 +5,8 @@
 //! hook, project that does not match) gets the same `404`, so answers never tell which secrets
 //! exist. Access log lines name the hook and the job, never the path (it holds the secret).
 
-use super::conn::Request;
 use super::poll::{Answer, Handler};
+use super::wire::Request;
 use super::{ApiError, Reply};
 use crate::build::now_ms;
 use crate::config::is_project_name;
