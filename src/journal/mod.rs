@@ -1414,6 +1414,15 @@ mod tests {
         assert_eq!(kept[0].job.state, JobState::Pending);
     }
 
+    /// The ids of the open (PENDING or BUILDING) jobs.
+    fn open_ids(j: &Journal) -> Vec<String> {
+        j.open_jobs()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.job.id)
+            .collect()
+    }
+
     fn trigger(j: &Journal, secret: &str, job: &str) -> Outcome {
         j.submit(trigger_op(secret, job)).unwrap()
     }
@@ -1436,13 +1445,7 @@ mod tests {
         let j1 = j.job("J1").unwrap().unwrap();
         assert_eq!(j1.job.state, JobState::Canceled);
         assert_eq!(j1.job.canceled_by.as_deref(), Some("J2"));
-        let open: Vec<String> = j
-            .open_jobs()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.job.id)
-            .collect();
-        assert_eq!(open, vec!["J2".to_string()]);
+        assert_eq!(open_ids(&j), ["J2"]);
         // Terminal states never change.
         let out = j
             .submit(Op::Finish {
@@ -1581,13 +1584,7 @@ mod tests {
         for id in &ids {
             assert!(c.job(id).unwrap().is_some(), "{id} lost");
         }
-        let open: Vec<String> = c
-            .open_jobs()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.job.id)
-            .collect();
-        assert_eq!(open, ["J39"]);
+        assert_eq!(open_ids(&c), ["J39"]);
         // The reopened journal goes on numbering batches after the replayed ones.
         std::thread::spawn(move || w.run(|_| {}, |_| {}));
         assert!(matches!(
