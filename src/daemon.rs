@@ -13,10 +13,11 @@
 use crate::build::{self, Context};
 use crate::config::{self, Config, ConfigError};
 use crate::http::admin::{self, Admin};
-use crate::http::conn::Listener;
+use crate::http::event_loop::Listener;
+use crate::http::limits::Limits;
 use crate::http::status::StatusHandler;
 use crate::http::trigger::TriggerHandler;
-use crate::http::wire::Limits;
+use crate::http::workers::Pool;
 use crate::journal::{JobState, Journal, JournalError, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::notify;
@@ -34,6 +35,8 @@ use std::time::{Duration, Instant};
 
 /// How often retention runs; while a run finds more than one op may remove, it goes on at once.
 const PRUNE_EVERY: Duration = Duration::from_millis(500);
+/// Threads that answer the status listener's requests (its connections live on one event loop).
+const STATUS_THREADS: usize = 4;
 /// Extra time, past the kill grace, that shutdown waits for build threads.
 const SHUTDOWN_SLACK: Duration = Duration::from_millis(1500);
 
@@ -321,7 +324,7 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
         spawn("pruner", move || prune_forever(&journal, &shared))?;
     }
 
-    let mut public = crate::http::poll::Listener::start(
+    let mut public = Listener::start(
         public_socket,
         "http-public",
         Arc::new(TriggerHandler {
@@ -331,15 +334,22 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
         Limits::DEFAULT,
     )
     .map_err(|e| startup("cannot start the hook listener", e))?;
+    let status_handler = Arc::new(StatusHandler {
+        journal: journal.clone(),
+        metrics: metrics.clone(),
+        config: shared.clone(),
+        started,
+    });
+    let status_pool = Pool::start(
+        "http-status-worker",
+        STATUS_THREADS,
+        Arc::new(move |req| status_handler.handle(req)),
+    )
+    .map_err(|e| startup("cannot start the status threads", e))?;
     let mut status = Listener::start(
         status_socket,
         "http-status",
-        Arc::new(StatusHandler {
-            journal: journal.clone(),
-            metrics: metrics.clone(),
-            config: shared.clone(),
-            started,
-        }),
+        Arc::new(status_pool),
         Limits::DEFAULT,
     )
     .map_err(|e| startup("cannot start the status listener", e))?;
@@ -354,12 +364,8 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
 
     log::info!(
         "ready public={} status={} admin={} journal={} workers={} recovered_jobs={recovered}",
-        public
-            .local_addr()
-            .map_or_else(|_| "?".into(), |a| a.to_string()),
-        status
-            .local_addr()
-            .map_or_else(|_| "?".into(), |a| a.to_string()),
+        public.local_addr(),
+        status.local_addr(),
         config.admin_socket.display(),
         journal_path.display(),
         config.workers,

@@ -115,30 +115,6 @@ pub fn shutdown_listener(listener: &impl AsRawFd) {
     }
 }
 
-/// Waits up to `timeout` for `fd` to become readable (for a listener: a connection is queued).
-pub fn wait_readable(fd: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: poll reads and writes exactly the one pollfd we pass, which lives on our stack.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    match rc {
-        n if n > 0 => Ok(true),
-        0 => Ok(false),
-        _ => {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(err)
-            }
-        }
-    }
-}
-
 /// Raises the soft open-file limit to the hard one, so that the connection limits, not the
 /// default 1024 descriptors, decide how many clients are served.
 pub fn raise_nofile_limit() {

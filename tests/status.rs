@@ -88,6 +88,10 @@ fn status_reports_workers_queue_counts_and_journal_size() {
     let s = setup("sstatus", "true", &[("a", "1")], "workers = 3");
     let id = s.daemon.trigger(&s.path);
     s.daemon.wait_state(&id, "READY", T);
+    // The worker counts itself idle just after it records the job's end.
+    assert!(wait_until(T, || get(&s.daemon, "/status").json()
+        ["workers"]["busy"]
+        == 0));
     let v = get(&s.daemon, "/status").json();
     assert_eq!(
         keys(&v),

@@ -1,9 +1,10 @@
-//! Arbitrary bytes as an HTTP request: head parsing, framing and routing must answer or refuse,
-//! never panic.
+//! Arbitrary bytes as HTTP requests, from the bytes in to the bytes written back (session,
+//! framing, routing and tiny_http's response writer): every input is answered or refused,
+//! and nothing panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = deployhook::http::route_offline(data);
+    let _ = deployhook::http::exchange_offline(data);
 });

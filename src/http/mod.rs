@@ -1,100 +1,63 @@
-//! HTTP: the connection layer ([`conn`]), the public hook listener ([`trigger`]), the read-only
-//! status listener ([`status`]) and the admin socket ([`admin`]), plus what they share: the
-//! reply type, the headers every response carries, and [`ApiError`], the one place where an
-//! error becomes an HTTP status.
+//! HTTP: both listeners' connection layer ([`event_loop`], over [`session`], [`request`],
+//! [`body`] and [`response`], within [`limits`]), the public hook listener ([`trigger`]), the
+//! read-only status listener ([`status`]) and its pages ([`page`]), and [`ApiError`], the one
+//! place where an error becomes an HTTP status.
 
 pub mod admin;
-pub mod conn;
+pub mod body;
+pub mod event_loop;
+pub mod limits;
 pub mod page;
-pub mod poll;
+pub mod request;
+pub mod response;
+pub mod session;
 pub mod status;
 pub mod trigger;
-pub mod wire;
+pub mod workers;
 
-use serde::Serialize;
-use std::io::{self, Write};
+pub use response::{Producer, Reply, ReplyBody};
 
-/// Runs the request side of both listeners on raw bytes, with no socket and no journal: head
-/// parsing and framing, the hook path, the status routes' parameters. The entry point of the
-/// request-router fuzz target; returns the error a client would be answered, if any.
+/// Runs the request side of both listeners on raw bytes, with no socket and no journal: the
+/// session (head parsing, framing, `100 Continue`, refusals), the hook and status routes'
+/// parsing, and every answer written with the response writer. Returns the bytes a client
+/// would read back. The entry point of the request-router fuzz target.
 #[doc(hidden)]
-pub fn route_offline(bytes: &[u8]) -> Result<(), ApiError> {
-    let Some(req) = wire::parse_request(bytes, &wire::Limits::DEFAULT)? else {
-        return Ok(());
-    };
-    if let Some((project, secret)) = trigger::parse_hook_path(&req.path) {
-        let _ = crate::config::is_project_name(project) && crate::secret::is_secret_shaped(secret);
-    }
-    let _ = page::escape(&req.path);
-    let _ = req.query_param("tail");
-    status::parse_filter(&req).map(|_| ())
-}
-
-/// A streamed body: called with the connection's writer, each write goes out at once.
-pub type Producer = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
-
-pub enum ReplyBody {
-    Bytes(Vec<u8>),
-    Stream(Producer),
-}
-
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: ReplyBody,
-}
-
-/// Headers on every response of both listeners: nothing is cached (a hook URL's answer names a
-/// job), and a page never leaks its URL onward.
-fn common_headers(content_type: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("Content-Type", content_type.to_string()),
-        ("Cache-Control", "no-store".to_string()),
-        ("Referrer-Policy", "no-referrer".to_string()),
-        ("X-Content-Type-Options", "nosniff".to_string()),
-    ]
-}
-
-impl Reply {
-    pub fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
-        Reply {
-            status,
-            headers: common_headers(content_type),
-            body: ReplyBody::Bytes(body),
+pub fn exchange_offline(bytes: &[u8]) -> Vec<u8> {
+    use response::{write_bytes, Persistence};
+    let mut session = session::Session::new(limits::Limits::DEFAULT);
+    session.feed(bytes);
+    let mut out = Vec::new();
+    loop {
+        match session.step() {
+            session::Step::Wait => return out,
+            session::Step::Continue => out.extend_from_slice(session::CONTINUE),
+            session::Step::Refuse(err) => {
+                let v = tiny_http::HTTPVersion(1, 1);
+                let _ = write_bytes(&mut out, err.reply(), v, false, Persistence::Close);
+                return out;
+            }
+            session::Step::Serve(req) => {
+                let reply = trigger::route_offline(&req).unwrap_or_else(|| {
+                    match status::parse_filter(&req) {
+                        Ok(_) => Reply::text(200, page::escape(&req.path)),
+                        Err(e) => e.reply(),
+                    }
+                });
+                let persistence = if req.close {
+                    Persistence::Close
+                } else if req.keep_alive_1_0() {
+                    Persistence::KeepAlive1_0
+                } else {
+                    Persistence::KeepOpen
+                };
+                let head_only = req.method == tiny_http::Method::Head;
+                let _ = write_bytes(&mut out, reply, req.version.clone(), head_only, persistence);
+                if req.close {
+                    return out;
+                }
+                session.answered();
+            }
         }
-    }
-
-    pub fn json(status: u16, value: &impl Serialize) -> Reply {
-        match serde_json::to_vec(value) {
-            Ok(body) => Reply::bytes(status, "application/json", body),
-            Err(e) => ApiError::Internal(e.to_string()).reply(),
-        }
-    }
-
-    pub fn text(status: u16, body: String) -> Reply {
-        Reply::bytes(status, "text/plain; charset=utf-8", body.into_bytes())
-    }
-
-    pub fn html(body: String) -> Reply {
-        let mut r = Reply::bytes(200, "text/html; charset=utf-8", body.into_bytes());
-        r.headers.push((
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'".into(),
-        ));
-        r
-    }
-
-    pub fn stream(content_type: &str, produce: Producer) -> Reply {
-        Reply {
-            status: 200,
-            headers: common_headers(content_type),
-            body: ReplyBody::Stream(produce),
-        }
-    }
-
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
-        self.headers.push((name, value.into()));
-        self
     }
 }
 
@@ -106,6 +69,8 @@ pub enum ApiError {
     /// The method is not served on this path; carries the `Allow` value.
     MethodNotAllowed(&'static str),
     BadRequest(String),
+    /// An `Expect` other than `100-continue`.
+    ExpectationFailed,
     /// Request line and headers over the limit.
     HeadTooLarge,
     /// A body over the limit.
@@ -126,6 +91,7 @@ impl ApiError {
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::BadRequest(_) => 400,
+            ApiError::ExpectationFailed => 417,
             ApiError::HeadTooLarge => 431,
             ApiError::BodyTooLarge => 413,
             ApiError::RequestTimeout => 408,
@@ -140,6 +106,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::ExpectationFailed => "expectation_failed",
             ApiError::HeadTooLarge => "header_too_large",
             ApiError::BodyTooLarge => "payload_too_large",
             ApiError::RequestTimeout => "request_timeout",
@@ -155,6 +122,9 @@ impl ApiError {
             ApiError::NotFound => "Not found.".into(),
             ApiError::MethodNotAllowed(allow) => format!("Method not allowed; use {allow}."),
             ApiError::BadRequest(why) => format!("Bad request: {why}."),
+            ApiError::ExpectationFailed => {
+                "Only the expectation 100-continue is served; send the request without it.".into()
+            }
             ApiError::HeadTooLarge => "Request line and headers are too large.".into(),
             ApiError::BodyTooLarge => "Request body is too large.".into(),
             ApiError::RequestTimeout => "The request did not arrive in time.".into(),

@@ -3,8 +3,7 @@
 //! GET and HEAD only. Everything is read from the journal with read transactions (never
 //! blocking the writer) and from log files; secrets are never loaded, so none can be shown.
 
-use super::conn::Handler;
-use super::wire::Request;
+use super::request::Request;
 use super::{page, ApiError, Reply};
 use crate::config::Config;
 use crate::journal::{Job, JobFilter, JobRow, JobState, Journal};
@@ -33,8 +32,9 @@ pub struct StatusHandler {
     pub started: Instant,
 }
 
-impl Handler for StatusHandler {
-    fn handle(&self, req: &Request) -> Reply {
+impl StatusHandler {
+    /// Answers one request (on a thread of [`super::workers::Pool`]).
+    pub fn handle(&self, req: &Request) -> Reply {
         if !matches!(req.method, Method::Get | Method::Head) {
             return ApiError::MethodNotAllowed(ALLOW).reply();
         }
