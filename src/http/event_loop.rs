@@ -724,6 +724,75 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// Answers `/panic` by panicking, anything else `200` with its path.
+    struct Echo;
+
+    impl Service for Echo {
+        fn serve(&self, req: Request, answer: Answer) {
+            if req.path == "/panic" {
+                panic!("a bug in a handler");
+            }
+            answer.send(move || Reply::text(200, req.path));
+        }
+    }
+
+    fn listener(limits: Limits) -> Listener {
+        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        Listener::start(socket, "test-listener", Arc::new(Echo), limits).unwrap()
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        c.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_panic_in_a_handler_costs_one_request() {
+        let mut l = listener(Limits::DEFAULT);
+        let answer = get(l.local_addr(), "/panic");
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        let answer = get(l.local_addr(), "/after");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("/after"));
+        l.stop();
+    }
+
+    #[test]
+    fn when_full_the_least_active_connections_make_room() {
+        let limits = Limits {
+            max_connections: 64,
+            ..Limits::DEFAULT
+        };
+        let mut l = listener(limits);
+        let addr = l.local_addr();
+        // Fill the listener with idle connections, then make sure it has taken them all.
+        let idle: Vec<std::net::TcpStream> = (0..64)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let answer = get(addr, "/probe");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Every new client is served although the limit is reached; the idle ones pay.
+        for i in 0..10 {
+            let answer = get(addr, &format!("/probe{i}"));
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        let mut closed = 0;
+        for mut c in idle {
+            c.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 16];
+            if matches!(c.read(&mut buf), Ok(0)) {
+                closed += 1;
+            }
+        }
+        assert!(closed >= 1, "no idle connection was shed");
+        l.stop();
+    }
 
     #[test]
     fn an_answer_dropped_unsent_still_answers_500() {
