@@ -724,7 +724,6 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read as _, Write as _};
 
     /// Answers `/panic` by panicking, anything else `200` with its path.
     struct Echo;
