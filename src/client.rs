@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::http::admin::AdminRequest;
-use crate::http::page::utc;
 use crate::journal::{Hook, Job};
+use crate::timefmt::utc;
 use serde_json::Value;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -15,3 +15,4 @@ pub mod notify;
 pub mod scheduler;
 pub mod secret;
 mod sys;
+pub mod timefmt;
