@@ -58,12 +58,17 @@ pub fn bind(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
         std::fs::remove_file(path)?;
     }
     let gid = match group {
-        Some(name) => Some(crate::sys::group_id(name).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("admin_group `{name}` does not exist"),
-            )
-        })?),
+        Some(name) => {
+            let found = crate::sys::group_id(name).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot look up admin_group `{name}`: {e}"))
+            })?;
+            Some(found.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("admin_group `{name}` does not exist"),
+                )
+            })?)
+        }
         None => None,
     };
     let mask = if gid.is_some() { 0o117 } else { 0o177 };
