@@ -2,10 +2,11 @@
 //! Output is for people by default and JSON with `--json`; a hook URL is printed alone on
 //! stdout so that `URL=$(deployhook hooks create …)` works.
 
+use crate::admin::protocol::{Answer, Created, Hooks, Request, Revoked, MAX_LINE_BYTES};
 use crate::config::Config;
-use crate::http::admin::AdminRequest;
-use crate::journal::{Hook, Job};
+use crate::journal::Job;
 use crate::timefmt::utc;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -40,34 +41,29 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Sends one request on the admin socket and returns the answer, or the daemon's refusal.
-pub fn admin(socket: &Path, req: &AdminRequest) -> Result<Value, ClientError> {
+/// Sends one request on the admin socket and returns the daemon's result of type `T` (the
+/// type [`Request`]'s doc names for it), or the daemon's refusal.
+pub fn admin<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, ClientError> {
     let stream = UnixStream::connect(socket).map_err(|cause| ClientError::NoDaemon {
         place: socket.display().to_string(),
         cause,
     })?;
     let _ = stream.set_read_timeout(Some(ADMIN_TIMEOUT));
     let _ = stream.set_write_timeout(Some(ADMIN_TIMEOUT));
-    let mut line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    line.push('\n');
+    let line = req
+        .to_line()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
     (&stream)
         .write_all(line.as_bytes())
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut answer = String::new();
-    BufReader::new(&stream)
+    BufReader::new((&stream).take(MAX_LINE_BYTES))
         .read_line(&mut answer)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let value: Value =
-        serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    if value["ok"] == Value::Bool(true) {
-        Ok(value)
-    } else {
-        Err(ClientError::Refused(
-            value["error"]
-                .as_str()
-                .unwrap_or("request refused")
-                .to_string(),
-        ))
+    match Answer::<T>::from_line(&answer) {
+        Ok(Answer::Done(result)) => Ok(result),
+        Ok(Answer::Refused(why)) => Err(ClientError::Refused(why)),
+        Err(e) => Err(ClientError::Protocol(e.to_string())),
     }
 }
 
@@ -82,20 +78,17 @@ pub fn hooks_create(
     branch: &str,
     json: bool,
 ) -> Result<(), ClientError> {
-    let answer = admin(
+    let Created { hook, url } = admin(
         socket,
-        &AdminRequest::Create {
+        &Request::Create {
             project: project.into(),
             name: name.into(),
             branch: branch.into(),
         },
     )?;
-    let url: String = field(&answer, "url")?;
     if json {
-        let hook: Hook = field(&answer, "hook")?;
         println!("{}", serde_json::json!({"hook": hook, "url": url}));
     } else {
-        let hook: Hook = field(&answer, "hook")?;
         println!("{url}");
         eprintln!(
             "created {} for project {} branch {}; the URL is shown only now, keep it secret",
@@ -106,10 +99,9 @@ pub fn hooks_create(
 }
 
 pub fn hooks_list(socket: &Path, json: bool) -> Result<(), ClientError> {
-    let answer = admin(socket, &AdminRequest::List)?;
-    let hooks: Vec<Hook> = field(&answer, "hooks")?;
+    let Hooks { hooks } = admin(socket, &Request::List)?;
     if json {
-        println!("{}", serde_json::json!({"hooks": hooks}));
+        println!("{}", serde_json::json!({ "hooks": hooks }));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = hooks
@@ -140,8 +132,8 @@ pub fn hooks_list(socket: &Path, json: bool) -> Result<(), ClientError> {
 }
 
 pub fn hooks_revoke(socket: &Path, id: &str) -> Result<(), ClientError> {
-    admin(socket, &AdminRequest::Revoke { id: id.into() })?;
-    println!("revoked {id}");
+    let Revoked { revoked } = admin(socket, &Request::Revoke { id: id.into() })?;
+    println!("revoked {revoked}");
     Ok(())
 }
 
