@@ -1,6 +1,6 @@
 //! The few operating-system calls std does not offer: signalling process groups, the file
-//! creation mask, waking a blocked `accept`, the open-file limit, group lookup, and a
-//! directory's inode flags.
+//! creation mask, waking a blocked `accept`, the open-file limit, group lookup, a directory's
+//! inode flags, and taking over the sockets systemd passes (read by the `sd-notify` crate).
 //!
 //! This is the only module with `unsafe`; each block says why it is sound.
 //!
@@ -243,48 +243,28 @@ pub fn chown_group(path: &Path, gid: u32) -> io::Result<()> {
 }
 
 /// Listening sockets passed by systemd (socket activation): `LISTEN_FDS` descriptors from 3 on,
-/// if `LISTEN_PID` names this process. The variables are removed so no child sees them. Call
+/// if `LISTEN_PID` names this process, read by the `sd-notify` crate (which also marks them
+/// close-on-exec and checks that each is open). The variables are removed so no child sees
+/// them; the crate's own `listen_fds_and_unset_env` is `unsafe` for that reason, so call this
 /// before any other thread starts (the environment is process-wide).
 pub fn take_listen_fds() -> Vec<std::net::TcpListener> {
     use std::os::fd::FromRawFd;
-    let pid_matches = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<i32>().ok())
-        .unwrap_or(0);
+    let fds = sd_notify::listen_fds();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
-    if !pid_matches {
-        return Vec::new();
+    match fds {
+        Ok(fds) => fds
+            // SAFETY: systemd passes these descriptors to this process (LISTEN_PID matched),
+            // sd-notify checked that each is open, and nothing else in the process owns them;
+            // each is taken exactly once.
+            .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
+            .collect(),
+        Err(e) => {
+            log::warn!("ignoring the sockets passed by systemd: {e}");
+            Vec::new()
+        }
     }
-    (3..3 + count.clamp(0, 64))
-        .map(|fd| {
-            // SAFETY: FD_CLOEXEC only flags the descriptor systemd handed us.
-            unsafe {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-            // SAFETY: systemd passes these descriptors to this process (LISTEN_PID matched) and
-            // nothing else in the process owns them; each is taken exactly once.
-            unsafe { std::net::TcpListener::from_raw_fd(fd) }
-        })
-        .collect()
-}
-
-/// CLOCK_MONOTONIC in microseconds.
-pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass, which lives on our stack.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Every process (other than this one) whose environment sets `name`, with the value. Builds
