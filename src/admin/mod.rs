@@ -147,8 +147,13 @@ pub fn bind(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
 fn line<T: Serialize>(result: Result<T, AdminError>) -> String {
     match result {
         Ok(done) => Answer::Done(done).to_line(),
-        Err(e) => Answer::<T>::Refused(e.to_string()).to_line(),
+        Err(e) => refusal(&e),
     }
+}
+
+/// A refusal's line, the same whatever the request was.
+fn refusal(e: &AdminError) -> String {
+    Answer::<()>::Refused(e.to_string()).to_line()
 }
 
 impl Admin {
@@ -185,8 +190,7 @@ impl Admin {
             .and_then(|_| serde_json::from_str::<Request>(&text).map_err(AdminError::Malformed));
         let out = match request {
             Ok(req) => self.answer(req),
-            // The shape of a refusal does not depend on the result type.
-            Err(e) => line::<Revoked>(Err(e)),
+            Err(e) => refusal(&e),
         };
         let _ = (&stream).write_all(out.as_bytes());
     }
@@ -329,7 +333,7 @@ mod tests {
 
     #[test]
     fn refusals_carry_the_error_text() {
-        let out = line::<Revoked>(Err(AdminError::NoSuchHook("hook_AAAAAAAAAAAA".into())));
+        let out = refusal(&AdminError::NoSuchHook("hook_AAAAAAAAAAAA".into()));
         assert_eq!(
             out,
             "{\"ok\":false,\"error\":\"no hook with id hook_AAAAAAAAAAAA\"}\n"

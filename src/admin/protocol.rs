@@ -194,6 +194,15 @@ mod tests {
             Answer::<Created>::from_line(&line).unwrap(),
             Answer::Refused("unknown project".into())
         );
+        // A line as earlier daemons wrote it by hand.
+        let old = r#"{"ok":true,"hook":{"id":"hook_AAAAAAAAAAAA","name":"n","project":"p","branch":"main","createdAt":1,"lastTriggeredAt":null},"url":"http://h/v1/x"}"#;
+        assert_eq!(
+            Answer::<Created>::from_line(old).unwrap(),
+            Answer::Done(Created {
+                hook: hook(),
+                url: "http://h/v1/x".into()
+            })
+        );
         // The wrong result type for the line, or no `ok` at all, is an error, not a default.
         assert!(Answer::<Created>::from_line("{\"ok\":true,\"revoked\":\"x\"}").is_err());
         assert!(Answer::<Revoked>::from_line("{\"revoked\":\"x\"}").is_err());
