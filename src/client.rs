@@ -2,11 +2,12 @@
 //! Output is for people by default and JSON with `--json`; a hook URL is printed alone on
 //! stdout so that `URL=$(deployhook hooks create …)` works.
 
+use crate::admin::protocol::{Answer, Created, Hooks, Request, Revoked, MAX_LINE_BYTES};
 use crate::config::Config;
-use crate::http::admin::AdminRequest;
-use crate::http::page::utc;
-use crate::journal::{Hook, Job};
-use serde_json::Value;
+use crate::journal::Job;
+use crate::timefmt::utc;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -40,39 +41,30 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Sends one request on the admin socket and returns the answer, or the daemon's refusal.
-pub fn admin(socket: &Path, req: &AdminRequest) -> Result<Value, ClientError> {
+/// Sends one request on the admin socket and returns the daemon's result of type `T` (the
+/// type [`Request`]'s doc names for it), or the daemon's refusal.
+pub fn admin<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, ClientError> {
     let stream = UnixStream::connect(socket).map_err(|cause| ClientError::NoDaemon {
         place: socket.display().to_string(),
         cause,
     })?;
     let _ = stream.set_read_timeout(Some(ADMIN_TIMEOUT));
     let _ = stream.set_write_timeout(Some(ADMIN_TIMEOUT));
-    let mut line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    line.push('\n');
+    let line = req
+        .to_line()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
     (&stream)
         .write_all(line.as_bytes())
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut answer = String::new();
-    BufReader::new(&stream)
+    BufReader::new((&stream).take(MAX_LINE_BYTES))
         .read_line(&mut answer)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let value: Value =
-        serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    if value["ok"] == Value::Bool(true) {
-        Ok(value)
-    } else {
-        Err(ClientError::Refused(
-            value["error"]
-                .as_str()
-                .unwrap_or("request refused")
-                .to_string(),
-        ))
+    match Answer::<T>::from_line(&answer) {
+        Ok(Answer::Done(result)) => Ok(result),
+        Ok(Answer::Refused(why)) => Err(ClientError::Refused(why)),
+        Err(e) => Err(ClientError::Protocol(e.to_string())),
     }
-}
-
-fn field<T: serde::de::DeserializeOwned>(v: &Value, key: &str) -> Result<T, ClientError> {
-    serde_json::from_value(v[key].clone()).map_err(|e| ClientError::Protocol(format!("{key}: {e}")))
 }
 
 pub fn hooks_create(
@@ -82,20 +74,17 @@ pub fn hooks_create(
     branch: &str,
     json: bool,
 ) -> Result<(), ClientError> {
-    let answer = admin(
+    let Created { hook, url } = admin(
         socket,
-        &AdminRequest::Create {
+        &Request::Create {
             project: project.into(),
             name: name.into(),
             branch: branch.into(),
         },
     )?;
-    let url: String = field(&answer, "url")?;
     if json {
-        let hook: Hook = field(&answer, "hook")?;
         println!("{}", serde_json::json!({"hook": hook, "url": url}));
     } else {
-        let hook: Hook = field(&answer, "hook")?;
         println!("{url}");
         eprintln!(
             "created {} for project {} branch {}; the URL is shown only now, keep it secret",
@@ -106,10 +95,9 @@ pub fn hooks_create(
 }
 
 pub fn hooks_list(socket: &Path, json: bool) -> Result<(), ClientError> {
-    let answer = admin(socket, &AdminRequest::List)?;
-    let hooks: Vec<Hook> = field(&answer, "hooks")?;
+    let Hooks { hooks } = admin(socket, &Request::List)?;
     if json {
-        println!("{}", serde_json::json!({"hooks": hooks}));
+        println!("{}", serde_json::json!({ "hooks": hooks }));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = hooks
@@ -140,8 +128,8 @@ pub fn hooks_list(socket: &Path, json: bool) -> Result<(), ClientError> {
 }
 
 pub fn hooks_revoke(socket: &Path, id: &str) -> Result<(), ClientError> {
-    admin(socket, &AdminRequest::Revoke { id: id.into() })?;
-    println!("revoked {id}");
+    let Revoked { revoked } = admin(socket, &Request::Revoke { id: id.into() })?;
+    println!("revoked {revoked}");
     Ok(())
 }
 
@@ -179,9 +167,15 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn get(base: &str, path: &str) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
+/// GETs `path` with `query` from the status listener. ureq percent-encodes the query values.
+fn get(
+    base: &str,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
     agent()
         .get(&format!("{base}{path}"))
+        .query_pairs(query.iter().map(|(k, v)| (*k, v.as_str())))
         .call()
         .map_err(|e| match e {
             ureq::Error::Io(cause) => ClientError::NoDaemon {
@@ -192,23 +186,29 @@ fn get(base: &str, path: &str) -> Result<ureq::http::Response<ureq::Body>, Clien
         })
 }
 
-fn api_error(resp: &mut ureq::http::Response<ureq::Body>) -> ClientError {
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or(text);
-    ClientError::Refused(format!("{} {message}", resp.status().as_u16()))
+/// The status listener's error body, `{"error":{"code":…,"message":…}}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
 }
 
-/// Query-string encoding for the few characters a filter value may need.
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+#[derive(Deserialize)]
+struct ErrorDetail {
+    message: String,
+}
+
+/// The part of a `GET /jobs` page the table shows.
+#[derive(Deserialize)]
+struct JobsPage {
+    jobs: Vec<Job>,
+}
+
+fn api_error(resp: &mut ureq::http::Response<ureq::Body>) -> ClientError {
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let message = serde_json::from_str::<ErrorBody>(&text)
+        .map(|body| body.error.message)
+        .unwrap_or(text);
+    ClientError::Refused(format!("{} {message}", resp.status().as_u16()))
 }
 
 pub struct JobsQuery {
@@ -219,20 +219,17 @@ pub struct JobsQuery {
 }
 
 pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
-    let mut params = Vec::new();
-    for (k, v) in [
-        ("hook", &q.hook),
-        ("project", &q.project),
-        ("state", &q.state),
-    ] {
-        if let Some(v) = v {
-            params.push(format!("{k}={}", encode(v)));
-        }
-    }
-    if let Some(n) = q.limit {
-        params.push(format!("limit={n}"));
-    }
-    let mut resp = get(base, &format!("/jobs?{}", params.join("&")))?;
+    let filters = [
+        ("hook", q.hook.clone()),
+        ("project", q.project.clone()),
+        ("state", q.state.clone()),
+        ("limit", q.limit.map(|n| n.to_string())),
+    ];
+    let params: Vec<(&str, String)> = filters
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect();
+    let mut resp = get(base, "/jobs", &params)?;
     if resp.status().as_u16() != 200 {
         return Err(api_error(&mut resp));
     }
@@ -244,9 +241,8 @@ pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
         println!("{text}");
         return Ok(());
     }
-    let value: Value =
+    let JobsPage { jobs } =
         serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let jobs: Vec<Job> = field(&value, "jobs")?;
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
@@ -282,12 +278,19 @@ pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
 }
 
 pub fn logs(base: &str, job: &str, follow: bool) -> Result<(), ClientError> {
-    let path = format!(
-        "/jobs/{}/log{}",
-        encode(job),
-        if follow { "?follow=1" } else { "" }
-    );
-    let mut resp = get(base, &path)?;
+    // The id becomes a path segment: one that is not job-shaped cannot name a job, and
+    // refusing it here leaves nothing to escape.
+    if !crate::secret::is_job_id(job) {
+        return Err(ClientError::Refused(format!(
+            "`{job}` is not a job id (20 letters or digits)"
+        )));
+    }
+    let query = if follow {
+        vec![("follow", "1".to_string())]
+    } else {
+        Vec::new()
+    };
+    let mut resp = get(base, &format!("/jobs/{job}/log"), &query)?;
     if resp.status().as_u16() != 200 {
         return Err(api_error(&mut resp));
     }
@@ -305,5 +308,42 @@ pub fn logs(base: &str, job: &str, follow: bool) -> Result<(), ClientError> {
         if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
             return Ok(()); // stdout closed (e.g. `| head`): not an error
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn query_values_are_percent_encoded_by_ureq() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::Builder::new()
+            .name("fake-status".into())
+            .spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let mut head = String::new();
+                BufReader::new(&stream).read_line(&mut head).unwrap();
+                (&stream)
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                head
+            })
+            .unwrap();
+        let query = [("project", "a b&c=d/é".to_string()), ("limit", "5".into())];
+        get(&base, "/jobs", &query).unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            "GET /jobs?project=a%20b%26c%3Dd%2F%C3%A9&limit=5 HTTP/1.1\r\n"
+        );
+    }
+
+    #[test]
+    fn a_log_is_asked_for_only_by_a_job_id() {
+        // Refused before any connection: nothing listens on port 1.
+        let err = logs("http://127.0.0.1:1", "../status", false).unwrap_err();
+        assert!(matches!(err, ClientError::Refused(_)), "{err}");
     }
 }

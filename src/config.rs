@@ -4,19 +4,25 @@
 //! resolved against the config file's folder), every number is within its documented range,
 //! and at least one project exists. Any problem becomes one [`ConfigError`] that names the file,
 //! the line and the dotted key, so `check-config` and a refused SIGHUP reload say the same thing.
+//! Locations come from toml's spans: values the checks may refuse are [`Spanned`], and an error
+//! toml itself reports (syntax, type, unknown key) is placed by finding its span among the keys
+//! and values of the parsed document, so keys are named as written and no error text is parsed.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 pub const ENV_CONFIG: &str = "DEPLOYHOOK_CONFIG";
 pub const DEFAULT_PATH: &str = "/etc/deployhook/deployhook.toml";
 
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8081";
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+const DEFAULT_STATUS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8081));
 const DEFAULT_ADMIN_SOCKET: &str = "/run/deployhook/admin.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/deployhook";
 const DEFAULT_WORKERS: usize = 2;
@@ -127,102 +133,114 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text)
 }
 
+/// The file as written. Every value that a later check may refuse keeps its place in the file
+/// ([`Spanned`]), so that the error names its line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    listen: Option<String>,
-    status_listen: Option<String>,
+    listen: Option<Spanned<String>>,
+    status_listen: Option<Spanned<String>>,
     admin_socket: Option<PathBuf>,
-    admin_group: Option<String>,
+    admin_group: Option<Spanned<String>>,
     state_dir: Option<PathBuf>,
-    public_url: Option<String>,
-    workers: Option<usize>,
-    kill_grace_secs: Option<u64>,
-    keep_jobs: Option<usize>,
-    max_log_bytes: Option<u64>,
+    public_url: Option<Spanned<String>>,
+    workers: Option<Spanned<Whole>>,
+    kill_grace_secs: Option<Spanned<Whole>>,
+    keep_jobs: Option<Spanned<Whole>>,
+    max_log_bytes: Option<Spanned<Whole>>,
     #[serde(default)]
-    projects: BTreeMap<String, RawProject>,
+    projects: BTreeMap<Spanned<String>, RawProject>,
 }
 
+/// A `[projects.NAME]` table as written; `repo` and `build` are required, which the checker
+/// (not serde) enforces so that the error can name the key and the table's line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProject {
-    repo: String,
-    build: String,
-    timeout_secs: Option<u64>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
+    repo: Option<Spanned<String>>,
+    build: Option<Spanned<String>>,
+    timeout_secs: Option<Spanned<Whole>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+/// A whole number (0 or more) in the file. Its own deserializer so that a wrong value is
+/// refused as "expected a whole number", not as serde's "expected u64" / "expected usize".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Whole(u64);
+
+impl Whole {
+    fn get(self) -> u64 {
+        self.0
+    }
+
+    /// As a count; past `usize` (never on 64-bit targets) it saturates.
+    fn count(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Whole;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Whole, E> {
+                Ok(Whole(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Whole, E> {
+                u64::try_from(v)
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+        }
+        d.deserialize_u64(Visitor)
+    }
 }
 
 /// Parses config text; `path` is used for messages and to resolve relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
-    Checker { path, text }.check(raw)
-}
-
-fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
-    let message = err.message().trim().to_string();
-    let (line, key) = match err.span() {
-        Some(span) => {
-            let line = line_of(text, span.start);
-            (Some(line), key_at(text, line, &message))
-        }
-        None => (None, None),
-    };
-    ConfigError {
-        path: path.to_path_buf(),
-        line,
-        key,
-        message,
+    let checker = Checker { path, text };
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if let Some(e) = errors.first() {
+        return Err(checker.toml_error(doc.get_ref(), e));
     }
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone()))
+        .map_err(|e| checker.toml_error(doc.get_ref(), &e))?;
+    checker.check(raw)
 }
 
+/// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The dotted key an error at `line` is about: the table in force at that line plus the key
-/// written on it, or the field a "missing field `x`" message names.
-fn key_at(text: &str, line: usize, message: &str) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let here = lines
-        .get(line.checked_sub(1)?)
-        .copied()
-        .unwrap_or("")
-        .trim();
-    let header = |l: &str| -> Option<String> {
-        let l = l.trim();
-        let inner = l.strip_prefix('[')?.split(']').next()?;
-        Some(inner.trim_matches(['[', ' ']).replace(['"', ' '], ""))
-    };
-    let table = if here.starts_with('[') {
-        header(here)
-    } else {
-        lines[..line - 1].iter().rev().find_map(|l| header(l))
-    };
-    let own = if let Some(field) = backticked_after(message, "missing field") {
-        Some(field)
-    } else if let Some(field) = backticked_after(message, "unknown field") {
-        Some(field)
-    } else if !here.starts_with('[') {
-        here.split_once('=')
-            .map(|(k, _)| k.trim().trim_matches('"').to_string())
-    } else {
-        None
-    };
-    match (table, own) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (None, Some(k)) => Some(k),
-        (Some(t), None) => Some(t),
-        (None, None) => None,
+/// The dotted path, as written in the file, of the key at byte `offset` or of the key whose
+/// value holds it: toml reports unknown keys at the key, wrong values at the value.
+fn key_path(table: &DeTable<'_>, offset: usize) -> Option<Vec<String>> {
+    for (key, value) in table {
+        let name = || key.get_ref().to_string();
+        if key.span().contains(&offset) {
+            return Some(vec![name()]);
+        }
+        let inner = match value.get_ref() {
+            DeValue::Table(t) => key_path(t, offset),
+            DeValue::Array(items) => items
+                .iter()
+                .find_map(|item| key_path(item.get_ref().as_table()?, offset)),
+            _ => None,
+        };
+        if let Some(mut path) = inner {
+            path.insert(0, name());
+            return Some(path);
+        }
+        if value.span().contains(&offset) {
+            return Some(vec![name()]);
+        }
     }
-}
-
-fn backticked_after(message: &str, prefix: &str) -> Option<String> {
-    let rest = message.split(prefix).nth(1)?;
-    let start = rest.find('`')? + 1;
-    let len = rest[start..].find('`')?;
-    Some(rest[start..start + len].to_string())
+    None
 }
 
 /// Semantic checks on a syntactically valid file.
@@ -232,17 +250,26 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn error(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
-        let dotted = if table.is_empty() {
-            key.to_string()
-        } else {
-            format!("{table}.{key}")
-        };
+    /// An error about `key` (dotted), written at byte `at` of the file.
+    fn error(&self, key: &str, at: usize, message: impl Into<String>) -> ConfigError {
         ConfigError {
             path: self.path.to_path_buf(),
-            line: find_key_line(self.text, table, key),
-            key: Some(dotted),
+            line: Some(line_of(self.text, at)),
+            key: Some(key.to_string()),
             message: message.into(),
+        }
+    }
+
+    /// An error toml found (syntax, a wrong type, an unknown key), located by its span.
+    fn toml_error(&self, doc: &DeTable<'_>, err: &toml::de::Error) -> ConfigError {
+        let span = err.span();
+        ConfigError {
+            path: self.path.to_path_buf(),
+            line: span.as_ref().map(|s| line_of(self.text, s.start)),
+            key: span
+                .and_then(|s| key_path(doc, s.start))
+                .map(|path| path.join(".")),
+            message: err.message().trim().to_string(),
         }
     }
 
@@ -259,61 +286,91 @@ impl Checker<'_> {
     fn addr(
         &self,
         key: &str,
-        value: Option<String>,
-        default: &str,
+        value: Option<Spanned<String>>,
+        default: SocketAddr,
     ) -> Result<SocketAddr, ConfigError> {
-        let value = value.unwrap_or_else(|| default.to_string());
-        value.parse().map_err(|_| {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        value.get_ref().parse().map_err(|_| {
             self.error(
-                "",
                 key,
-                format!("`{value}` is not an address like 127.0.0.1:8080 or [::1]:8080"),
+                value.span().start,
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080 or [::1]:8080",
+                    value.get_ref()
+                ),
             )
         })
+    }
+
+    /// A whole-number setting as written, if it is; refused with `rule` unless `valid`.
+    fn whole(
+        &self,
+        key: &str,
+        value: Option<Spanned<Whole>>,
+        valid: impl Fn(u64) -> bool,
+        rule: &str,
+    ) -> Result<Option<Whole>, ConfigError> {
+        match value {
+            Some(v) if !valid(v.get_ref().get()) => Err(self.error(key, v.span().start, rule)),
+            v => Ok(v.map(Spanned::into_inner)),
+        }
     }
 
     fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let base = self.base_dir();
         let listen = self.addr("listen", raw.listen, DEFAULT_LISTEN)?;
         let status_listen = self.addr("status_listen", raw.status_listen, DEFAULT_STATUS_LISTEN)?;
-        let workers = raw.workers.unwrap_or(DEFAULT_WORKERS);
-        if !(1..=MAX_WORKERS).contains(&workers) {
-            return Err(self.error("", "workers", format!("must be 1 to {MAX_WORKERS}")));
-        }
-        let kill_grace_secs = raw.kill_grace_secs.unwrap_or(DEFAULT_KILL_GRACE_SECS);
-        if kill_grace_secs > MAX_KILL_GRACE_SECS {
-            return Err(self.error(
-                "",
+        let workers = self
+            .whole(
+                "workers",
+                raw.workers,
+                |n| (1..=MAX_WORKERS as u64).contains(&n),
+                &format!("must be 1 to {MAX_WORKERS}"),
+            )?
+            .map_or(DEFAULT_WORKERS, Whole::count);
+        let kill_grace_secs = self
+            .whole(
                 "kill_grace_secs",
-                format!("must be at most {MAX_KILL_GRACE_SECS}"),
-            ));
-        }
-        let keep_jobs = raw.keep_jobs.unwrap_or(DEFAULT_KEEP_JOBS);
-        if keep_jobs == 0 {
-            return Err(self.error("", "keep_jobs", "must be at least 1"));
-        }
-        let max_log_bytes = raw.max_log_bytes.unwrap_or(DEFAULT_MAX_LOG_BYTES);
-        if max_log_bytes < MIN_MAX_LOG_BYTES {
-            return Err(self.error(
-                "",
+                raw.kill_grace_secs,
+                |n| n <= MAX_KILL_GRACE_SECS,
+                &format!("must be at most {MAX_KILL_GRACE_SECS}"),
+            )?
+            .map_or(DEFAULT_KILL_GRACE_SECS, Whole::get);
+        let keep_jobs = self
+            .whole("keep_jobs", raw.keep_jobs, |n| n >= 1, "must be at least 1")?
+            .map_or(DEFAULT_KEEP_JOBS, Whole::count);
+        let max_log_bytes = self
+            .whole(
                 "max_log_bytes",
-                format!("must be at least {MIN_MAX_LOG_BYTES}"),
-            ));
-        }
+                raw.max_log_bytes,
+                |n| n >= MIN_MAX_LOG_BYTES,
+                &format!("must be at least {MIN_MAX_LOG_BYTES}"),
+            )?
+            .map_or(DEFAULT_MAX_LOG_BYTES, Whole::get);
         let public_url = match raw.public_url {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                url.trim_end_matches('/').to_string()
+            Some(url)
+                if url.get_ref().starts_with("http://")
+                    || url.get_ref().starts_with("https://") =>
+            {
+                url.get_ref().trim_end_matches('/').to_string()
             }
-            Some(_) => {
-                return Err(self.error("", "public_url", "must start with http:// or https://"))
+            Some(url) => {
+                return Err(self.error(
+                    "public_url",
+                    url.span().start,
+                    "must start with http:// or https://",
+                ))
             }
             None => format!("http://{listen}"),
         };
-        if let Some(group) = &raw.admin_group {
-            if group.is_empty() {
-                return Err(self.error("", "admin_group", "must not be empty"));
+        let admin_group = match raw.admin_group {
+            Some(group) if group.get_ref().is_empty() => {
+                return Err(self.error("admin_group", group.span().start, "must not be empty"))
             }
-        }
+            group => group.map(Spanned::into_inner),
+        };
         if raw.projects.is_empty() {
             return Err(ConfigError {
                 path: self.path.to_path_buf(),
@@ -335,7 +392,7 @@ impl Checker<'_> {
                 raw.admin_socket
                     .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into()),
             ),
-            admin_group: raw.admin_group,
+            admin_group,
             state_dir: base.join(raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
             public_url,
             workers,
@@ -346,56 +403,70 @@ impl Checker<'_> {
         })
     }
 
-    fn project(&self, base: &Path, name: String, raw: RawProject) -> Result<Project, ConfigError> {
+    fn project(
+        &self,
+        base: &Path,
+        name: Spanned<String>,
+        raw: RawProject,
+    ) -> Result<Project, ConfigError> {
+        // Where the project's table starts: its name in `[projects.NAME]`.
+        let at = name.span().start;
+        let name = name.into_inner();
         let table = format!("projects.{name}");
+        let key = |k: &str| format!("{table}.{k}");
         if !is_project_name(&name) {
-            return Err(ConfigError {
-                path: self.path.to_path_buf(),
-                line: find_table_line(self.text, &table),
-                key: Some(table),
-                message: format!(
+            return Err(self.error(
+                &table,
+                at,
+                format!(
                     "a project name is 1 to {MAX_PROJECT_NAME} of [A-Za-z0-9._-], starting with a letter or digit"
                 ),
-            });
+            ));
         }
-        if raw.repo.trim().is_empty() {
-            return Err(self.error(&table, "repo", "must not be empty"));
-        }
-        if raw.build.trim().is_empty() {
-            return Err(self.error(&table, "build", "must not be empty"));
-        }
-        let timeout_secs = raw.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if timeout_secs == 0 {
-            return Err(self.error(&table, "timeout_secs", "must be at least 1"));
-        }
-        for key in raw.env.keys() {
-            let valid = !key.is_empty()
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !key.as_bytes()[0].is_ascii_digit();
+        let required = |value: Option<Spanned<String>>, k: &str| match value {
+            None => Err(self.error(&key(k), at, "missing; every project needs one")),
+            Some(v) if v.get_ref().trim().is_empty() => {
+                Err(self.error(&key(k), v.span().start, "must not be empty"))
+            }
+            Some(v) => Ok(v.into_inner()),
+        };
+        let repo = required(raw.repo, "repo")?;
+        let build = required(raw.build, "build")?;
+        let timeout_secs = self
+            .whole(
+                &key("timeout_secs"),
+                raw.timeout_secs,
+                |n| n >= 1,
+                "must be at least 1",
+            )?
+            .map_or(DEFAULT_TIMEOUT_SECS, Whole::get);
+        let (env, env_at) = match raw.env {
+            Some(env) => (env.get_ref().clone(), env.span().start),
+            None => (BTreeMap::new(), at),
+        };
+        let env_error = |message: String| self.error(&key("env"), env_at, message);
+        for name in env.keys() {
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
             if !valid {
-                return Err(self.error(
-                    &table,
-                    "env",
-                    format!("`{key}` is not a valid variable name"),
-                ));
+                return Err(env_error(format!("`{name}` is not a valid variable name")));
             }
-            if key.starts_with("DEPLOYHOOK_") {
-                return Err(self.error(
-                    &table,
-                    "env",
-                    format!("`{key}`: DEPLOYHOOK_* variables are set by deployhook"),
-                ));
+            if name.starts_with("DEPLOYHOOK_") {
+                return Err(env_error(format!(
+                    "`{name}`: DEPLOYHOOK_* variables are set by deployhook"
+                )));
             }
         }
-        if raw.env.values().any(|v| v.contains('\0')) {
-            return Err(self.error(&table, "env", "values must not contain NUL"));
+        if env.values().any(|v| v.contains('\0')) {
+            return Err(env_error("values must not contain NUL".into()));
         }
         Ok(Project {
-            repo: resolve_repo(base, &raw.repo),
+            repo: resolve_repo(base, &repo),
             name,
-            build: raw.build,
+            build,
             timeout: Duration::from_secs(timeout_secs),
-            env: raw.env,
+            env,
         })
     }
 }
@@ -421,43 +492,6 @@ fn resolve_repo(base: &Path, repo: &str) -> String {
     } else {
         base.join(repo).to_string_lossy().into_owned()
     }
-}
-
-/// A table name as written in a header, without brackets, quotes and spaces.
-fn normalize_table(name: &str) -> String {
-    name.trim_matches(['[', ']', ' '])
-        .replace(['"', '\'', ' '], "")
-}
-
-/// Line of `[table]` in the text, if written as a header.
-fn find_table_line(text: &str, table: &str) -> Option<usize> {
-    let wanted = normalize_table(table);
-    text.lines()
-        .position(|l| {
-            let l = l.trim();
-            l.starts_with('[') && normalize_table(l) == wanted
-        })
-        .map(|i| i + 1)
-}
-
-/// Line where `key = …` is written inside `table` ("" for the top level).
-fn find_key_line(text: &str, table: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if l.starts_with('[') {
-            current = normalize_table(l);
-            continue;
-        }
-        if current == normalize_table(table) {
-            if let Some((k, _)) = l.split_once('=') {
-                if k.trim().trim_matches('"') == key {
-                    return Some(i + 1);
-                }
-            }
-        }
-    }
-    None
 }
 
 /// The packaged example config, which must stay valid.
@@ -554,6 +588,99 @@ mod tests {
         assert_eq!(err.line, Some(1));
         let err = parse_str("workers = 1\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("projects"));
+    }
+
+    #[test]
+    fn a_misspelt_table_is_named_as_written() {
+        // `[project.site]` (singular) is an unknown top-level key `project`, not
+        // `project.site.project`.
+        let err = parse_str("workers = 1\n\n[project.site]\nrepo = \"x\"\n").unwrap_err();
+        assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("project")));
+        assert!(
+            err.to_string()
+                .starts_with("/etc/dh/deployhook.toml:3: key `project`: unknown field `project`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbers_are_asked_for_as_whole_numbers() {
+        for (text, key) in [
+            ("workers = \"two\"\n", "workers"),
+            ("keep_jobs = 1.5\n", "keep_jobs"),
+            ("kill_grace_secs = -1\n", "kill_grace_secs"),
+            ("max_log_bytes = true\n", "max_log_bytes"),
+        ] {
+            let err = parse_str(&format!("{text}{MINIMAL}")).unwrap_err();
+            assert_eq!((err.line, err.key.as_deref()), (Some(1), Some(key)));
+            assert!(err.message.ends_with("expected a whole number"), "{err}");
+            assert!(!err.message.contains("u64") && !err.message.contains("usize"));
+        }
+        let err = parse_str("[projects.site]\nrepo = \"x\"\nbuild = \"m\"\ntimeout_secs = -5\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/dh/deployhook.toml:4: key `projects.site.timeout_secs`: \
+             invalid value: integer `-5`, expected a whole number"
+        );
+    }
+
+    #[test]
+    fn keys_inside_inline_tables_are_named_in_full() {
+        let err = parse_str("[projects.site]\nrepo = \"x\"\nbuild = \"m\"\nenv = { A = 1 }\n")
+            .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("projects.site.env.A"))
+        );
+        let err =
+            parse_str("[projects]\nsite = { repo = \"x\", build = \"m\", bad = 1 }\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(2), Some("projects.site.bad"))
+        );
+    }
+
+    #[test]
+    fn a_missing_required_key_points_at_its_table() {
+        let err = parse_str("workers = 1\n[projects.site]\nbuild = \"m\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/dh/deployhook.toml:2: key `projects.site.repo`: missing; every project needs one"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let err = parse_str(&format!("{MINIMAL}[[broken\n")).unwrap_err();
+        assert_eq!(err.line, Some(4));
+        assert!(err.message.contains("]]"), "{err}");
+        let err = parse_str("workers = \n").unwrap_err();
+        assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn values_with_a_problem_are_located_by_their_span() {
+        let err = parse_str(&format!("\n\nworkers = 0\n{MINIMAL}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/dh/deployhook.toml:3: key `workers`: must be 1 to 256"
+        );
+        let text = "# comment\n[projects.site]\nrepo = \"x\"\nbuild = \"m\"\n\
+                    env = { \"DEPLOYHOOK_X\" = \"1\" }\n";
+        let err = parse_str(text).unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(5), Some("projects.site.env"))
+        );
+        let err = parse_str(&format!(
+            "{MINIMAL}[projects.other]\nrepo = \"x\"\nbuild = \" \"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(6), Some("projects.other.build"))
+        );
     }
 
     #[test]

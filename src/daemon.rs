@@ -10,9 +10,9 @@
 //! connection threads, `admin`, and the main
 //! thread, which waits for signals: SIGHUP reloads the config, SIGTERM / SIGINT shut down.
 
+use crate::admin::{self, Admin};
 use crate::build::{self, Context};
 use crate::config::{self, Config, ConfigError};
-use crate::http::admin::{self, Admin};
 use crate::http::event_loop::Listener;
 use crate::http::limits::Limits;
 use crate::http::status::StatusHandler;

@@ -3,9 +3,9 @@
 //! config next to it, starts the daemon, creates a hook, and prints the curl line that
 //! triggers it and where to watch the job.
 
+use crate::admin::protocol::{Created, Request};
 use crate::config;
 use crate::daemon::{self, DaemonError};
-use crate::http::admin::AdminRequest;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,12 +127,12 @@ pub fn run() -> Result<(), DaemonError> {
 /// Waits for the daemon, creates the demo hook and prints how to use it.
 fn announce(socket: &Path, status: SocketAddr, repo: &Path, deploy: &Path, config: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let req = AdminRequest::Create {
+    let req = Request::Create {
         project: "example".into(),
         name: "demo hook".into(),
         branch: "main".into(),
     };
-    let answer = loop {
+    let Created { hook, url } = loop {
         match crate::client::admin(socket, &req) {
             Ok(a) => break a,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
@@ -142,8 +142,7 @@ fn announce(socket: &Path, status: SocketAddr, repo: &Path, deploy: &Path, confi
             }
         }
     };
-    let url = answer["url"].as_str().unwrap_or_default();
-    let hook = answer["hook"]["id"].as_str().unwrap_or_default();
+    let hook = hook.id;
     let (repo, deploy, config) = (repo.display(), deploy.display(), config.display());
     let lines = [
         String::new(),

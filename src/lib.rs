@@ -2,6 +2,7 @@
 //! benchmarks and fault tests can drive the journal and the scheduler directly. DESIGN.md holds
 //! the architecture; `main.rs` only dispatches the command line.
 
+pub mod admin;
 pub mod build;
 pub mod client;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod notify;
 pub mod scheduler;
 pub mod secret;
 mod sys;
+pub mod timefmt;

@@ -1,27 +1,48 @@
-//! systemd's notification protocol without a library: one datagram per state change to the
-//! socket named by `$NOTIFY_SOCKET` (a path, or an abstract name written with a leading `@`).
-//! Outside systemd the variable is unset and every call does nothing.
+//! systemd's notification protocol: one datagram per state change (`READY=1`, `RELOADING=1`,
+//! `STOPPING=1`, `WATCHDOG=1`) to the socket named by `$NOTIFY_SOCKET`, and the watchdog
+//! interval systemd asks for. Outside systemd the variables are unset and every call does
+//! nothing.
+//!
+//! The `sd-notify` crate supplies the states and their text ([`NotifyState`], the monotonic
+//! timestamp `RELOADING=1` needs) and reads `$WATCHDOG_USEC`/`$WATCHDOG_PID`; it also reads
+//! socket activation's variables for `sys::take_listen_fds`. Two parts stay here:
+//! - Sending the datagram. `sd_notify::notify` connects to `$NOTIFY_SOCKET` as a file path
+//!   only; systemd also names abstract sockets (`@name`, as containers and some service
+//!   managers use), which the crate cannot reach. [`send_to`] handles both.
+//! - Clearing the variables. The crate's `*_and_unset_env` functions are `unsafe` (they call
+//!   `remove_var`, sound only while the process has one thread); [`watchdog_interval`] reads
+//!   with the crate's safe function and removes the variables itself, and must be called at
+//!   start-up before any other thread exists, as `daemon::run` does.
 
+use sd_notify::NotifyState;
+use std::ffi::OsStr;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
 
 pub const ENV_SOCKET: &str = "NOTIFY_SOCKET";
 
-/// Sends one notification (`READY=1`, `WATCHDOG=1`, …) if systemd asked for them.
-pub fn send(state: &str) -> io::Result<bool> {
-    send_to(std::env::var_os(ENV_SOCKET).as_deref(), state)
+/// Sends one notification if systemd asked for them; `Ok(false)` when it did not.
+pub fn send(states: &[NotifyState]) -> io::Result<bool> {
+    send_to(std::env::var_os(ENV_SOCKET).as_deref(), &message(states))
 }
 
-/// Sends `state` to `target` (`$NOTIFY_SOCKET`'s value); `Ok(false)` when there is none.
-fn send_to(target: Option<&std::ffi::OsStr>, state: &str) -> io::Result<bool> {
+/// The datagram for `states`: one `KEY=VALUE` line each.
+fn message(states: &[NotifyState]) -> String {
+    states.iter().map(|s| format!("{s}\n")).collect()
+}
+
+/// Sends `message` to `target` (`$NOTIFY_SOCKET`'s value: a path, or an abstract name written
+/// with a leading `@`); `Ok(false)` when there is none.
+fn send_to(target: Option<&OsStr>, message: &str) -> io::Result<bool> {
     let Some(target) = target else {
         return Ok(false);
     };
-    let target = target.to_string_lossy().into_owned();
+    let target = target.to_string_lossy();
     let addr = match target.strip_prefix('@') {
         Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None if target.starts_with('/') => SocketAddr::from_pathname(&target)?,
+        None if target.starts_with('/') => SocketAddr::from_pathname(&*target)?,
         None => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -30,56 +51,72 @@ fn send_to(target: Option<&std::ffi::OsStr>, state: &str) -> io::Result<bool> {
         }
     };
     let socket = UnixDatagram::unbound()?;
-    socket.send_to_addr(state.as_bytes(), &addr)?;
+    socket.send_to_addr(message.as_bytes(), &addr)?;
     Ok(true)
 }
 
-fn send_logged(state: &str) {
-    if let Err(e) = send(state) {
-        log::warn!("cannot notify systemd ({state}): {e}");
+fn send_logged(states: &[NotifyState]) {
+    if let Err(e) = send(states) {
+        log::warn!(
+            "cannot notify systemd ({}): {e}",
+            message(states).trim_end()
+        );
     }
 }
 
 pub fn ready() {
-    send_logged("READY=1\nSTATUS=accepting triggers");
+    send_logged(&[
+        NotifyState::Ready,
+        NotifyState::Status("accepting triggers"),
+    ]);
 }
 
 pub fn stopping() {
-    send_logged("STOPPING=1\nSTATUS=stopping builds");
+    send_logged(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping builds"),
+    ]);
 }
 
+/// `RELOADING=1` with the `MONOTONIC_USEC=` systemd 253 and later require beside it.
 pub fn reloading() {
-    let now = monotonic_usec();
-    send_logged(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send_logged(&[NotifyState::Reloading, now]),
+        Err(e) => log::warn!("cannot notify systemd of the reload: no monotonic clock: {e}"),
+    }
 }
 
 pub fn watchdog() {
-    send_logged("WATCHDOG=1");
+    send_logged(&[NotifyState::Watchdog]);
 }
 
 /// The watchdog interval systemd asked for (`WatchdogSec=`), if it is meant for this process.
 /// The variables are removed so that no child sees them; call before other threads start.
-pub fn watchdog_interval() -> Option<std::time::Duration> {
-    let usec = std::env::var("WATCHDOG_USEC").ok()?.parse::<u64>().ok();
-    let pid_ok = std::env::var("WATCHDOG_PID")
-        .ok()
-        .is_none_or(|p| p.parse::<u32>().ok() == Some(std::process::id()));
+pub fn watchdog_interval() -> Option<Duration> {
+    let interval = sd_notify::watchdog_enabled();
     std::env::remove_var("WATCHDOG_USEC");
     std::env::remove_var("WATCHDOG_PID");
-    match usec {
-        Some(u) if u > 0 && pid_ok => Some(std::time::Duration::from_micros(u)),
-        _ => None,
-    }
-}
-
-/// CLOCK_MONOTONIC in microseconds, as systemd expects with RELOADING=1.
-fn monotonic_usec() -> u64 {
-    crate::sys::monotonic_usec()
+    interval.filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_are_one_line_each() {
+        assert_eq!(
+            message(&[
+                NotifyState::Ready,
+                NotifyState::Status("accepting triggers")
+            ]),
+            "READY=1\nSTATUS=accepting triggers\n"
+        );
+        assert_eq!(
+            message(&[NotifyState::Reloading, NotifyState::MonotonicUsec(42)]),
+            "RELOADING=1\nMONOTONIC_USEC=42\n"
+        );
+    }
 
     #[test]
     fn notifications_reach_path_and_abstract_sockets() {

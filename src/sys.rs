@@ -1,8 +1,13 @@
 //! The few operating-system calls std does not offer: signalling process groups, the file
-//! creation mask, waking a blocked `accept`, the open-file limit, group lookup, and a
-//! directory's inode flags.
+//! creation mask, waking a blocked `accept`, the open-file limit, group lookup, a directory's
+//! inode flags, and taking over the sockets systemd passes (read by the `sd-notify` crate).
 //!
 //! This is the only module with `unsafe`; each block says why it is sound.
+//!
+//! Hand-written over `libc` rather than through a wrapper crate such as `nix`: each call is a
+//! few lines, and a wrapper would bring a large dependency for them. The group lookup grows
+//! its buffer on `ERANGE` as `nix`'s does, so a group with many members is found, not
+//! reported missing.
 
 use std::ffi::CString;
 use std::io;
@@ -164,24 +169,66 @@ pub fn spread_new_directories(dir: &Path) -> bool {
     unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) == 0 }
 }
 
-/// The numeric id of a group name, from the system's group database.
-pub fn group_id(name: &str) -> Option<u32> {
-    let cname = CString::new(name).ok()?;
-    let mut grp: libc::group = unsafe_zeroed_group();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r writes only into `grp` and `buf`, whose sizes we pass, and sets
-    // `result` to null or to `&mut grp`.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
+/// The first buffer a group lookup gets: what glibc's `sysconf(_SC_GETGR_R_SIZE_MAX)`
+/// suggests, enough for groups of a few hundred members.
+const GROUP_BUFFER_START: usize = 16 * 1024;
+/// The largest buffer a group lookup grows to (tens of thousands of members).
+const GROUP_BUFFER_MAX: usize = 16 * 1024 * 1024;
+
+/// The numeric id of a group name, from the system's group database: `Ok(None)` when there is
+/// no such group. A group whose entry (its member list above all) does not fit the first
+/// buffer is looked up again with a larger one, not reported missing.
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    group_id_from(name, GROUP_BUFFER_START)
+}
+
+fn group_id_from(name: &str, first_buffer: usize) -> io::Result<Option<u32>> {
+    let Ok(cname) = CString::new(name) else {
+        return Ok(None); // a name with a NUL byte names no group
     };
-    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+    let mut grp: libc::group = unsafe_zeroed_group();
+    grow_until_fits(first_buffer, |buf| {
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: getgrnam_r writes only into `grp` and `buf`, whose sizes we pass, and sets
+        // `result` to null or to `&mut grp`; `cname` is NUL-terminated.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            0 => Ok((!result.is_null()).then_some(grp.gr_gid)),
+            // getgrnam_r(3): these too mean "no such group" on some systems.
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => Ok(None),
+            errno => Err(errno),
+        }
+    })
+}
+
+/// Calls `lookup` with a buffer that doubles, from `first` bytes up to [`GROUP_BUFFER_MAX`],
+/// for as long as it answers `ERANGE` (the entry does not fit); any other errno is an error.
+fn grow_until_fits<T>(
+    first: usize,
+    mut lookup: impl FnMut(&mut [libc::c_char]) -> Result<T, libc::c_int>,
+) -> io::Result<T> {
+    let mut len = first.clamp(1, GROUP_BUFFER_MAX);
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        match lookup(&mut buf) {
+            Ok(found) => return Ok(found),
+            Err(libc::ERANGE) if len < GROUP_BUFFER_MAX => len = (len * 2).min(GROUP_BUFFER_MAX),
+            Err(libc::ERANGE) => {
+                return Err(io::Error::other(format!(
+                    "the group entry is larger than {GROUP_BUFFER_MAX} bytes"
+                )))
+            }
+            Err(errno) => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
 }
 
 fn unsafe_zeroed_group() -> libc::group {
@@ -196,48 +243,28 @@ pub fn chown_group(path: &Path, gid: u32) -> io::Result<()> {
 }
 
 /// Listening sockets passed by systemd (socket activation): `LISTEN_FDS` descriptors from 3 on,
-/// if `LISTEN_PID` names this process. The variables are removed so no child sees them. Call
+/// if `LISTEN_PID` names this process, read by the `sd-notify` crate (which also marks them
+/// close-on-exec and checks that each is open). The variables are removed so no child sees
+/// them; the crate's own `listen_fds_and_unset_env` is `unsafe` for that reason, so call this
 /// before any other thread starts (the environment is process-wide).
 pub fn take_listen_fds() -> Vec<std::net::TcpListener> {
     use std::os::fd::FromRawFd;
-    let pid_matches = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<i32>().ok())
-        .unwrap_or(0);
+    let fds = sd_notify::listen_fds();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
-    if !pid_matches {
-        return Vec::new();
+    match fds {
+        Ok(fds) => fds
+            // SAFETY: systemd passes these descriptors to this process (LISTEN_PID matched),
+            // sd-notify checked that each is open, and nothing else in the process owns them;
+            // each is taken exactly once.
+            .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
+            .collect(),
+        Err(e) => {
+            log::warn!("ignoring the sockets passed by systemd: {e}");
+            Vec::new()
+        }
     }
-    (3..3 + count.clamp(0, 64))
-        .map(|fd| {
-            // SAFETY: FD_CLOEXEC only flags the descriptor systemd handed us.
-            unsafe {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-            // SAFETY: systemd passes these descriptors to this process (LISTEN_PID matched) and
-            // nothing else in the process owns them; each is taken exactly once.
-            unsafe { std::net::TcpListener::from_raw_fd(fd) }
-        })
-        .collect()
-}
-
-/// CLOCK_MONOTONIC in microseconds.
-pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass, which lives on our stack.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Every process (other than this one) whose environment sets `name`, with the value. Builds
@@ -340,7 +367,42 @@ mod tests {
 
     #[test]
     fn root_group_exists() {
-        assert_eq!(group_id("root"), Some(0));
-        assert_eq!(group_id("no-such-group-deployhook"), None);
+        assert_eq!(group_id("root").unwrap(), Some(0));
+        assert_eq!(group_id("no-such-group-deployhook").unwrap(), None);
+        assert_eq!(group_id("nul\0inside").unwrap(), None);
+    }
+
+    #[test]
+    fn a_group_that_does_not_fit_the_first_buffer_is_looked_up_again() {
+        // A one-byte buffer cannot hold even root's entry: getgrnam_r says ERANGE until the
+        // buffer has grown enough, as it would for a group with thousands of members.
+        assert_eq!(group_id_from("root", 1).unwrap(), Some(0));
+        assert_eq!(group_id_from("no-such-group-deployhook", 1).unwrap(), None);
+    }
+
+    #[test]
+    fn the_lookup_buffer_doubles_on_erange_and_stops_at_the_cap() {
+        let mut sizes = Vec::new();
+        let found = grow_until_fits(100, |buf| {
+            sizes.push(buf.len());
+            if buf.len() < 1000 {
+                Err(libc::ERANGE)
+            } else {
+                Ok(buf.len())
+            }
+        });
+        assert_eq!(found.unwrap(), 1600);
+        assert_eq!(sizes, [100, 200, 400, 800, 1600]);
+
+        let mut calls = 0;
+        let never = grow_until_fits(GROUP_BUFFER_MAX / 2, |_| -> Result<(), _> {
+            calls += 1;
+            Err(libc::ERANGE)
+        });
+        assert!(never.is_err());
+        assert_eq!(calls, 2);
+
+        let other = grow_until_fits(100, |_| -> Result<(), _> { Err(libc::EIO) });
+        assert_eq!(other.unwrap_err().raw_os_error(), Some(libc::EIO));
     }
 }

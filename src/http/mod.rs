@@ -1,9 +1,9 @@
 //! HTTP: both listeners' connection layer ([`event_loop`], over [`session`], [`request`],
 //! [`body`] and [`response`], within [`limits`]), the public hook listener ([`trigger`]), the
 //! read-only status listener ([`status`]) and its pages ([`page`]), and [`ApiError`], the one
-//! place where an error becomes an HTTP status.
+//! place where an error becomes an HTTP status. The admin socket is not HTTP: it lives in
+//! `crate::admin`.
 
-pub mod admin;
 pub mod body;
 pub mod event_loop;
 pub mod limits;

@@ -3,6 +3,7 @@
 //! goes through [`escape`].
 
 use crate::journal::{JobRow, JobState};
+use crate::timefmt::utc;
 use std::fmt::Write as _;
 
 /// Jobs on the dashboard.
@@ -54,32 +55,6 @@ fn head(title: &str) -> String {
 fn state_badge(state: JobState) -> String {
     let s = state.as_str();
     format!("<span class=\"state {s}\">{s}</span>")
-}
-
-/// UTC time of a Unix-millisecond timestamp, `YYYY-MM-DD HH:MM:SS`.
-pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn seconds_between(from: Option<u64>, to: Option<u64>) -> String {
@@ -176,12 +151,5 @@ mod tests {
             escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
-    }
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(1_564_399_503_217), "2019-07-29 11:25:03");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
     }
 }
