@@ -290,3 +290,30 @@ fn garbage_requests_get_json_errors() {
     }
     quick_trigger(&s);
 }
+
+#[test]
+fn out_of_file_descriptors_the_least_active_connections_make_room() {
+    raise_nofile();
+    let s = setup("hfds", "true", &[("a", "1")], "");
+    let pid = s.daemon.pid();
+    // A daemon run with a low `ulimit -n`: 128 descriptors, far below the connection limit.
+    let low = libc::rlimit {
+        rlim_cur: 128,
+        rlim_max: 128,
+    };
+    // SAFETY: prlimit reads the struct on our stack; the daemon is our own child.
+    let set = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(s.daemon.public).ok())
+        .collect();
+    assert!(idle.len() >= 150);
+    // Without shedding, a trigger would wait for the idle timeout (15 s) to free descriptors.
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        assert_eq!(http(s.daemon.public, "POST", &s.path, &[], b"").status, 201);
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(5), "trigger took {took:?}");
+    }
+    drop(idle);
+}

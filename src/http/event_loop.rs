@@ -304,6 +304,9 @@ impl EventLoop {
             let (stream, remote) = match self.socket.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Out of file descriptors before the connection limit (a low `ulimit -n`):
+                // shed as if the limit were reached, and take the connection.
+                Err(e) if is_out_of_descriptors(&e) && self.shed() => continue,
                 Err(e) => {
                     // EMFILE, ENOBUFS, ECONNABORTED…: none of them ends the listener. The
                     // connection stays queued; the next tick tries again.
@@ -591,6 +594,10 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
     }
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// Over the connection limit with nothing to shed: a short `503` written without blocking,

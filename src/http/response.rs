@@ -152,6 +152,12 @@ pub fn write_bytes(
     let start = out.len();
     // Writing into a Vec cannot fail.
     let _ = response.raw_print(&mut *out, version, &[], head_only, None);
+    if status == 204 {
+        // tiny_http writes `Content-Length: 0`, which a 204 must not carry (RFC 9110 §8.6).
+        let head = String::from_utf8_lossy(&out[start..]).replace("Content-Length: 0\r\n", "");
+        out.truncate(start);
+        out.extend_from_slice(head.as_bytes());
+    }
     if let Some(line) = connection_line(persistence) {
         if let Some(eol) = out[start..].windows(2).position(|w| w == b"\r\n") {
             let at = start + eol + 2;
@@ -273,6 +279,15 @@ mod tests {
         assert!(
             v10.starts_with("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"),
             "{v10}"
+        );
+    }
+
+    #[test]
+    fn a_204_has_no_content_length() {
+        let got = written(Reply::empty(204), HTTPVersion(1, 1), Persistence::KeepOpen);
+        assert!(
+            got.starts_with("HTTP/1.1 204") && !got.contains("Content-Length"),
+            "{got}"
         );
     }
 
