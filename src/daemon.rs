@@ -17,6 +17,7 @@ use crate::http::event_loop::Listener;
 use crate::http::limits::Limits;
 use crate::http::status::StatusHandler;
 use crate::http::trigger::TriggerHandler;
+use crate::http::waiters::Waiters;
 use crate::http::workers::Pool;
 use crate::journal::{JobState, Journal, JournalError, Op, Outcome};
 use crate::metrics::Metrics;
@@ -165,12 +166,14 @@ fn on_commit(
     janitor: Sender<PathBuf>,
     logs: PathBuf,
     metrics: Arc<Metrics>,
+    waiters: Arc<Waiters>,
 ) -> impl FnMut(&Outcome) {
     move |outcome| match outcome {
         Outcome::Triggered { row, superseded } => {
             metrics.job_entered(JobState::Pending);
-            if superseded.is_some() {
+            if let Some((id, _)) = superseded {
                 metrics.job_entered(JobState::Canceled);
+                waiters.ended(id);
             }
             let _ = events.send(Event::Queued {
                 job: QueuedJob::from_row(row, false),
@@ -178,7 +181,10 @@ fn on_commit(
             });
         }
         Outcome::Started(_) => metrics.job_entered(JobState::Building),
-        Outcome::Finished(row) => metrics.job_entered(row.job.state),
+        Outcome::Finished(row) => {
+            metrics.job_entered(row.job.state);
+            waiters.ended(&row.job.id);
+        }
         Outcome::Pruned(ids) => {
             for id in ids {
                 let _ = janitor.send(logs.join(format!("{id}.log")));
@@ -277,6 +283,11 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
     metrics.workers_total.store(config.workers as u64, Relaxed);
     let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    let waiters = Arc::new(Waiters::new(
+        journal.clone(),
+        metrics.clone(),
+        crate::http::trigger::job_reply,
+    ));
     let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
 
     {
@@ -285,6 +296,7 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
             janitor_tx.clone(),
             config.logs_dir(),
             metrics.clone(),
+            waiters.clone(),
         );
         let m = metrics.clone();
         spawn("journal-writer", move || {
@@ -330,6 +342,7 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
         Arc::new(TriggerHandler {
             journal: journal.clone(),
             metrics: metrics.clone(),
+            waiters,
         }),
         Limits::DEFAULT,
     )

@@ -79,6 +79,8 @@ pub struct Metrics {
     triggers: [AtomicU64; 3],
     jobs_entered: [AtomicU64; 5],
     pub queue_depth: AtomicU64,
+    /// Callers holding a long poll on a hook URL (`?wait=N`).
+    pub waiting_callers: AtomicU64,
     pub workers_busy: AtomicU64,
     pub workers_total: AtomicU64,
     pub commits: AtomicU64,
@@ -93,6 +95,7 @@ impl Default for Metrics {
             triggers: Default::default(),
             jobs_entered: Default::default(),
             queue_depth: AtomicU64::new(0),
+            waiting_callers: AtomicU64::new(0),
             workers_busy: AtomicU64::new(0),
             workers_total: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -148,6 +151,12 @@ impl Metrics {
                 "gauge",
                 "Jobs waiting for a build thread.",
                 self.queue_depth.load(Relaxed),
+            ),
+            (
+                "deployhook_waiting_callers",
+                "gauge",
+                "Callers holding a long poll for a job's end on a hook URL.",
+                self.waiting_callers.load(Relaxed),
             ),
             (
                 "deployhook_workers_busy",

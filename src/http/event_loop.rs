@@ -50,6 +50,12 @@ const SHED_FRACTION: usize = 64;
 /// Serves requests: answers each now or later, from any thread, through its [`Answer`].
 pub trait Service: Send + Sync + 'static {
     fn serve(&self, req: Request, answer: Answer);
+
+    /// Called on the listener thread every tick (about 50 ms), for answers with deadlines.
+    fn tick(&self, _now: Instant) {}
+
+    /// The listener stops: answer now whatever was held for later.
+    fn stopping(&self) {}
 }
 
 /// Builds a reply on the listener thread, so that the thread that finishes a request (the
@@ -280,11 +286,19 @@ impl EventLoop {
                     .registry()
                     .deregister(&mut SourceFd(&self.socket.as_raw_fd()));
                 stopping = Some(Instant::now() + self.limits.write_timeout);
+                let service = &self.service;
+                if catch_unwind(AssertUnwindSafe(|| service.stopping())).is_err() {
+                    log::error!("a panic while a listener stops");
+                }
             }
             let now = Instant::now();
             if now.duration_since(last_tick) >= TICK || stopping.is_some() {
                 last_tick = now;
                 self.expire(now, stopping.is_some());
+                let service = &self.service;
+                if catch_unwind(AssertUnwindSafe(|| service.tick(now))).is_err() {
+                    log::error!("a panic in a listener's tick");
+                }
                 if self.accept_retry && stopping.is_none() {
                     self.accept_all();
                 }

@@ -13,6 +13,7 @@ pub mod response;
 pub mod session;
 pub mod status;
 pub mod trigger;
+pub mod waiters;
 pub mod workers;
 
 pub use response::{Producer, Reply, ReplyBody};

@@ -1,4 +1,6 @@
-//! The public hook listener: `GET|POST /v1/integrations/deploy/{project}/{secret}`.
+//! The public hook listener: `GET|POST /v1/integrations/deploy/{project}/{secret}` triggers a
+//! job; `GET …/{secret}/jobs/{id}` answers that job's state to the caller (`?wait=N` holds the
+//! answer until the job ends, see [`super::waiters`]).
 //!
 //! A trigger is answered `201` only after the journal writer committed its job. The method is
 //! checked before the secret is looked at, and every failed lookup (unknown secret, revoked
@@ -12,6 +14,7 @@
 
 use super::event_loop::{Answer, Service};
 use super::request::Request;
+use super::waiters::Waiters;
 use super::{ApiError, Reply};
 use crate::build::now_ms;
 use crate::config::is_project_name;
@@ -20,24 +23,50 @@ use crate::metrics::{Metrics, TriggerResult};
 use crate::secret;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tiny_http::Method;
 
 pub const PATH_PREFIX: &str = "/v1/integrations/deploy/";
 const ALLOW: &str = "GET, POST";
+/// Methods of a hook's job path.
+const ALLOW_JOB: &str = "GET, HEAD";
+/// The longest long poll (`?wait=N`), in seconds.
+const MAX_WAIT_SECS: u64 = 60;
 /// How long a browser may cache a preflight's answer.
 const PREFLIGHT_MAX_AGE_SECS: u32 = 86_400;
 
 pub struct TriggerHandler {
     pub journal: Journal,
     pub metrics: Arc<Metrics>,
+    pub waiters: Arc<Waiters>,
 }
 
-/// `(project, secret)` of a hook path, or `None` for any other path.
-pub fn parse_hook_path(path: &str) -> Option<(&str, &str)> {
+/// A hook path: a trigger, or a job of the hook.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HookPath<'a> {
+    pub project: &'a str,
+    pub secret: &'a str,
+    pub job: Option<&'a str>,
+}
+
+/// The parts of a hook path, or `None` for any other path.
+pub fn parse_hook_path(path: &str) -> Option<HookPath<'_>> {
     let rest = path.strip_prefix(PATH_PREFIX)?;
-    let (project, secret) = rest.split_once('/')?;
-    (!project.is_empty() && !secret.is_empty() && !secret.contains('/'))
-        .then_some((project, secret))
+    let mut parts = rest.split('/');
+    let (project, secret) = (parts.next()?, parts.next()?);
+    if project.is_empty() || secret.is_empty() {
+        return None;
+    }
+    let job = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some("jobs"), Some(id), None) if !id.is_empty() => Some(id),
+        _ => return None,
+    };
+    Some(HookPath {
+        project,
+        secret,
+        job,
+    })
 }
 
 impl Service for TriggerHandler {
@@ -48,33 +77,80 @@ impl Service for TriggerHandler {
         let remote = req
             .remote
             .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
-        let Some((project, secret)) = parse_hook_path(&req.path) else {
+        let Some(path) = parse_hook_path(&req.path) else {
             return answer.send(|| ApiError::NotFound.reply());
         };
-        let metrics = self.metrics.clone();
-        match self.trigger_op(project, secret) {
-            Ok(op) => self.journal.submit_then(op, move |result| {
-                answer.send(move || conclude(&metrics, result.map_err(ApiError::from), &remote))
-            }),
-            Err(err) => answer.send(move || conclude(&metrics, Err(err), &remote)),
+        if let Some(job) = path.job {
+            return self.job_status(&path, job, wait_param(&req).ok().flatten(), answer);
         }
+        let metrics = self.metrics.clone();
+        match self.trigger_op(path.project, path.secret) {
+            Ok(op) => {
+                // The job's id is appended once it is known.
+                let location = format!("{PATH_PREFIX}{}/{}/jobs/", path.project, path.secret);
+                self.journal.submit_then(op, move |result| {
+                    answer.send(move || {
+                        conclude(&metrics, result.map_err(ApiError::from), &remote, &location)
+                    })
+                })
+            }
+            Err(err) => answer.send(move || conclude(&metrics, Err(err), &remote, "")),
+        }
+    }
+
+    fn tick(&self, now: Instant) {
+        self.waiters.expire(now);
+    }
+
+    fn stopping(&self) {
+        self.waiters
+            .expire(Instant::now() + Duration::from_secs(MAX_WAIT_SECS + 1));
     }
 }
 
 /// The answers decided by the request alone, before any secret is looked at: a path that is
-/// no hook path (`404`), a CORS preflight, a method not served (`405`). `None` for a trigger.
+/// no hook path (`404`), a CORS preflight, a method not served (`405`), a bad `wait` (`400`).
+/// `None` when the secret must be looked at.
 pub fn route_offline(req: &Request) -> Option<Reply> {
-    if parse_hook_path(&req.path).is_none() {
+    let Some(path) = parse_hook_path(&req.path) else {
         log::debug!("public: no route, status=404");
         return Some(ApiError::NotFound.reply());
-    }
+    };
+    let allow = if path.job.is_some() { ALLOW_JOB } else { ALLOW };
     match req.method {
-        Method::Get | Method::Post => None,
+        Method::Get | Method::Post if path.job.is_none() => None,
+        Method::Get | Method::Head if path.job.is_some() => match wait_param(req) {
+            Ok(_) => None,
+            Err(e) => Some(cors(e.reply())),
+        },
         // A CORS preflight names the method it asks for; a plain OPTIONS is not served.
         Method::Options if req.header("Access-Control-Request-Method").is_some() => {
-            Some(preflight(req))
+            Some(preflight(req, allow))
         }
-        _ => Some(cors(ApiError::MethodNotAllowed(ALLOW).reply())),
+        _ => Some(cors(ApiError::MethodNotAllowed(allow).reply())),
+    }
+}
+
+/// `?wait=N`: `None` without it, else 1 to [`MAX_WAIT_SECS`] seconds.
+fn wait_param(req: &Request) -> Result<Option<Duration>, ApiError> {
+    match req.query_param("wait") {
+        None => Ok(None),
+        Some(n) => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_WAIT_SECS).contains(n))
+            .map(|n| Some(Duration::from_secs(n)))
+            .ok_or_else(|| ApiError::BadRequest(format!("wait must be 1 to {MAX_WAIT_SECS}"))),
+    }
+}
+
+/// The answer to a job status request: the job as the journal has it, or the same `404` as an
+/// unknown secret.
+pub fn job_reply(journal: &Journal, id: &str) -> Reply {
+    match journal.job(id) {
+        Ok(Some(row)) => cors(Reply::json(200, &json!({"job": row.job}))),
+        Ok(None) => cors(ApiError::NotFound.reply()),
+        Err(e) => cors(ApiError::from(e).reply()),
     }
 }
 
@@ -83,11 +159,11 @@ fn cors(reply: Reply) -> Reply {
     reply.with_header("Access-Control-Allow-Origin", "*")
 }
 
-/// The answer to a CORS preflight: the methods of a hook URL and whatever request headers the
+/// The answer to a CORS preflight: the methods of the path and whatever request headers the
 /// page asked for (a JSON `Content-Type`, say), which are ignored anyway.
-fn preflight(req: &Request) -> Reply {
+fn preflight(req: &Request, allow: &'static str) -> Reply {
     let mut reply = cors(Reply::empty(204))
-        .with_header("Access-Control-Allow-Methods", ALLOW)
+        .with_header("Access-Control-Allow-Methods", allow)
         .with_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECS.to_string());
     if let Some(asked) = req.header("Access-Control-Request-Headers") {
         let asked: String = asked
@@ -102,16 +178,49 @@ fn preflight(req: &Request) -> Reply {
 }
 
 impl TriggerHandler {
+    /// The hook behind `secret`, if it is a live hook of `project`. Guessed secrets are turned
+    /// away from memory, never reaching the journal's writer.
+    fn hook_of(&self, project: &str, secret: &str) -> Option<String> {
+        if !is_project_name(project) || !secret::is_secret_shaped(secret) {
+            return None;
+        }
+        self.journal
+            .hook_for_secret(&secret::hash_secret(secret), project)
+    }
+
+    /// A job of the hook behind the path's secret: answered now, or once it ends (long poll).
+    fn job_status(&self, path: &HookPath, id: &str, wait: Option<Duration>, answer: Answer) {
+        let hook = self.hook_of(path.project, path.secret);
+        let row = match (&hook, secret::is_job_id(id)) {
+            (Some(_), true) => self.journal.job(id),
+            _ => Ok(None),
+        };
+        let row = match row {
+            Ok(Some(row)) if Some(&row.job.hook_id) == hook.as_ref() => row,
+            Ok(_) => return answer.send(|| cors(ApiError::NotFound.reply())),
+            Err(e) => {
+                let err = ApiError::from(e);
+                return answer.send(move || cors(err.reply()));
+            }
+        };
+        match wait {
+            Some(wait) if !row.job.state.is_terminal() => {
+                self.waiters.wait(id, answer, Instant::now() + wait);
+                // The job may have ended between the read and the registration.
+                if matches!(self.journal.job(id), Ok(Some(r)) if r.job.state.is_terminal()) {
+                    self.waiters.ended(id);
+                }
+            }
+            _ => answer.send(move || cors(Reply::json(200, &json!({"job": row.job})))),
+        }
+    }
+
     /// The op that commits a job for the hook behind `secret`, or the refusal.
     fn trigger_op(&self, project: &str, secret: &str) -> Result<Op, ApiError> {
-        if !is_project_name(project) || !secret::is_secret_shaped(secret) {
+        if self.hook_of(project, secret).is_none() {
             return Err(ApiError::NotFound);
         }
         let hash = secret::hash_secret(secret);
-        // Guessed secrets are turned away from memory, never reaching the writer.
-        if !self.journal.secret_matches(&hash, project) {
-            return Err(ApiError::NotFound);
-        }
         let now = now_ms();
         let job_id = secret::new_job_id(now).map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Op::Trigger {
@@ -125,7 +234,12 @@ impl TriggerHandler {
 
 /// The answer to a trigger once the journal has spoken: `201` with the committed job, or the
 /// refusal. Counts and logs it (the access log names the hook and the job, never the secret).
-fn conclude(metrics: &Metrics, outcome: Result<Outcome, ApiError>, remote: &str) -> Reply {
+fn conclude(
+    metrics: &Metrics,
+    outcome: Result<Outcome, ApiError>,
+    remote: &str,
+    location: &str,
+) -> Reply {
     match outcome {
         Ok(Outcome::Triggered { row, .. }) => {
             metrics.trigger(TriggerResult::Accepted);
@@ -139,8 +253,9 @@ fn conclude(metrics: &Metrics, outcome: Result<Outcome, ApiError>, remote: &str)
                 201,
                 &json!({"job": {"id": job.id, "state": "PENDING", "createdAt": job.created_at}}),
             ))
+            .with_header("Location", format!("{location}{}", job.id))
         }
-        Ok(_) => conclude(metrics, Err(ApiError::NotFound), remote),
+        Ok(_) => conclude(metrics, Err(ApiError::NotFound), remote, location),
         Err(err) => {
             let result = match err {
                 ApiError::NotFound => TriggerResult::NotFound,
@@ -160,13 +275,36 @@ mod tests {
 
     #[test]
     fn hook_paths() {
+        let trigger = |p, s| {
+            Some(HookPath {
+                project: p,
+                secret: s,
+                job: None,
+            })
+        };
         assert_eq!(
             parse_hook_path("/v1/integrations/deploy/site/abc"),
-            Some(("site", "abc"))
+            trigger("site", "abc")
         );
-        assert_eq!(parse_hook_path("/v1/integrations/deploy/site/abc/"), None);
-        assert_eq!(parse_hook_path("/v1/integrations/deploy/site"), None);
-        assert_eq!(parse_hook_path("/v1/integrations/deploy//abc"), None);
-        assert_eq!(parse_hook_path("/jobs"), None);
+        assert_eq!(
+            parse_hook_path("/v1/integrations/deploy/site/abc/jobs/J1"),
+            Some(HookPath {
+                project: "site",
+                secret: "abc",
+                job: Some("J1")
+            })
+        );
+        for bad in [
+            "/v1/integrations/deploy/site/abc/",
+            "/v1/integrations/deploy/site",
+            "/v1/integrations/deploy//abc",
+            "/v1/integrations/deploy/site/abc/jobs",
+            "/v1/integrations/deploy/site/abc/jobs/",
+            "/v1/integrations/deploy/site/abc/jobs/J1/x",
+            "/v1/integrations/deploy/site/abc/other/J1",
+            "/jobs",
+        ] {
+            assert_eq!(parse_hook_path(bad), None, "{bad}");
+        }
     }
 }

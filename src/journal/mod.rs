@@ -550,8 +550,16 @@ impl Journal {
     /// Whether a hook with this secret exists and belongs to `project` (an in-memory pre-check
     /// that keeps guessed secrets away from the writer; the writer checks again).
     pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> bool {
+        self.hook_for_secret(secret, project).is_some()
+    }
+
+    /// The id of the live hook behind `secret`, if it is of `project`.
+    pub fn hook_for_secret(&self, secret: &SecretHash, project: &str) -> Option<String> {
         let secrets = self.secrets.read().unwrap_or_else(PoisonError::into_inner);
-        secrets.get(secret).is_some_and(|(_, p)| p == project)
+        secrets
+            .get(secret)
+            .filter(|(_, p)| p == project)
+            .map(|(hook, _)| hook.clone())
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
