@@ -499,3 +499,42 @@ fn postinst_without_systemd_says_the_service_was_not_started() {
     let (out, _) = postinst("0.1.0-1");
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
 }
+
+#[test]
+fn a_group_outside_the_user_namespace_is_explained() {
+    // systemd's PrivateUsers=yes runs the daemon in a user namespace like this one.
+    let usable = Command::new("unshare")
+        .args(["--user", "--map-root-user", "true"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !usable {
+        eprintln!("skipped: no user namespaces here (unshare --user)");
+        return;
+    }
+    let has_daemon_group = Command::new("getent")
+        .args(["group", "daemon"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_daemon_group {
+        eprintln!("skipped: no group `daemon` on this system");
+        return;
+    }
+    let dir = TempDir::new("userns");
+    let config = site_config(dir.path(), "admin_group = \"daemon\"");
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", BIN, "serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "cannot give the admin socket {} to group `daemon` (admin_group): Invalid argument \
+             (os error 22); the group does not exist in the daemon's user namespace (systemd's \
+             PrivateUsers=yes maps only root and the service's own user and group)",
+            dir.path().join("admin.sock").display()
+        )),
+        "{text}"
+    );
+}

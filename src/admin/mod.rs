@@ -180,13 +180,19 @@ impl fmt::Display for BindError {
                     "cannot give the admin socket {} to group `{group}` (admin_group): {cause}",
                     socket.display()
                 )?;
-                if cause.raw_os_error() == Some(libc::EPERM) {
-                    write!(
+                match cause.raw_os_error() {
+                    Some(libc::EPERM) => write!(
                         f,
                         "; the daemon must run as root or as a member of that group"
-                    )?;
+                    ),
+                    // chown(2) to a group the user namespace does not map.
+                    Some(libc::EINVAL) => write!(
+                        f,
+                        "; the group does not exist in the daemon's user namespace (systemd's \
+                         PrivateUsers=yes maps only root and the service's own user and group)"
+                    ),
+                    _ => Ok(()),
                 }
-                Ok(())
             }
         }
     }
