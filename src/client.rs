@@ -158,6 +158,15 @@ pub fn hooks_create(
     branch: &str,
     json: bool,
 ) -> Result<(), ClientError> {
+    // The daemon checks again against the config it runs with (reloaded or not).
+    if !config.projects.contains_key(project) {
+        let known: Vec<&str> = config.projects.keys().map(String::as_str).collect();
+        return Err(ClientError::BadArgument(format!(
+            "unknown project `{project}`; {} configures: {}",
+            config.path.display(),
+            known.join(", ")
+        )));
+    }
     let Created { hook, url } = admin_of(
         config,
         &Request::Create {

@@ -259,6 +259,13 @@ fn bad_arguments_exit_2_before_anything_is_asked() {
             "`a..b` is not a valid branch name",
         ),
         (create("../x", "x", "main"), "not a project name"),
+        (
+            create("blog", "x", "main"),
+            &format!(
+                "unknown project `blog`; {} configures: site",
+                config.display()
+            ),
+        ),
         (owned(&["jobs", "--bogus"]), "unexpected argument"),
     ];
     for (args, expected) in cases {
@@ -537,4 +544,39 @@ fn a_group_outside_the_user_namespace_is_explained() {
         )),
         "{text}"
     );
+}
+
+/// The CLI refuses bad values itself (exit 2); the daemon still refuses them from any client.
+#[test]
+fn the_daemon_checks_what_the_cli_checks() {
+    use std::io::{Read, Write};
+    let s = setup("admincheck", "true", &[("a", "1")], "");
+    let socket = s.daemon.dir.join("admin.sock");
+    let cases = [
+        (
+            r#"{"op":"create","project":"nope","name":"x","branch":"main"}"#,
+            "unknown project `nope`; configured: site",
+        ),
+        (
+            r#"{"op":"create","project":"site","name":"x","branch":"bad..name"}"#,
+            "`bad..name` is not a valid branch name",
+        ),
+        (
+            r#"{"op":"create","project":"site","name":" ","branch":"main"}"#,
+            "a hook name is 1 to 100 characters",
+        ),
+        (
+            r#"{"op":"revoke","id":"nope"}"#,
+            "`nope` is not a hook id (hook_ and 12 letters or digits)",
+        ),
+    ];
+    for (request, expected) in cases {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["ok"], false, "{request}: {answer}");
+        assert_eq!(v["error"], expected, "{request}");
+    }
 }

@@ -224,13 +224,13 @@ fn creating_a_hook_checks_project_branch_and_name() {
         let mut full = vec!["hooks", "create"];
         full.extend_from_slice(args);
         let out = s.daemon.cli(&full);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "a bad argument: {args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     let long = "n".repeat(101);
     let out = s.daemon.hooks_create("site", &long, "main", false);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     // The plain form prints the URL alone on stdout.
     let out = s.daemon.hooks_create("site", "CMS", "main", false);
     let stdout = String::from_utf8_lossy(&out.stdout);
