@@ -4,7 +4,7 @@
 
 use crate::admin::protocol::{Answer, Created, Hooks, Request, Revoked, MAX_LINE_BYTES};
 use crate::config::Config;
-use crate::journal::{Job, JobState};
+use crate::journal::Job;
 use crate::timefmt::utc;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -381,7 +381,7 @@ pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
 pub fn logs(base: &str, job: &str, follow: bool) -> Result<(), ClientError> {
     // The id becomes a path segment: one that is not job-shaped cannot name a job, and
     // refusing it here leaves nothing to escape.
-    job_id_arg(job).map_err(|e| ClientError::BadArgument(format!("`{job}`: {e}")))?;
+    crate::args::job_id(job).map_err(|e| ClientError::BadArgument(format!("`{job}`: {e}")))?;
     let query = if follow {
         vec![("follow", "1".to_string())]
     } else {
@@ -406,62 +406,6 @@ pub fn logs(base: &str, job: &str, follow: bool) -> Result<(), ClientError> {
             return Ok(()); // stdout closed (e.g. `| head`): not an error
         }
     }
-}
-
-// Checks on argument values, run by the command-line parser so that a bad value exits with
-// status 2 before anything is asked of the daemon. The daemon checks the same things again.
-
-/// Most jobs `GET /jobs` returns at once (the status listener's limit).
-const MAX_LIMIT: usize = 500;
-
-pub fn hook_id_arg(s: &str) -> Result<String, String> {
-    if crate::secret::is_hook_id(s) {
-        Ok(s.to_string())
-    } else {
-        Err("not a hook id (hook_ and 12 letters or digits)".into())
-    }
-}
-
-pub fn job_id_arg(s: &str) -> Result<String, String> {
-    if crate::secret::is_job_id(s) {
-        Ok(s.to_string())
-    } else {
-        Err("not a job id (20 letters or digits)".into())
-    }
-}
-
-pub fn project_arg(s: &str) -> Result<String, String> {
-    if crate::config::is_project_name(s) {
-        Ok(s.to_string())
-    } else {
-        Err("not a project name (letters, digits, `.`, `_` and `-`)".into())
-    }
-}
-
-pub fn hook_name_arg(s: &str) -> Result<String, String> {
-    crate::admin::check_hook_name(s).map_err(|e| e.to_string())
-}
-
-/// A branch name git accepts; when git cannot be run here, the daemon decides.
-pub fn branch_arg(s: &str) -> Result<String, String> {
-    match crate::admin::check_branch(s) {
-        Err(e @ crate::admin::AdminError::BadBranch(_)) => Err(e.to_string()),
-        _ => Ok(s.to_string()),
-    }
-}
-
-/// A job state, in any case.
-pub fn state_arg(s: &str) -> Result<String, String> {
-    JobState::parse(&s.to_ascii_uppercase())
-        .map(|state| state.as_str().to_string())
-        .ok_or_else(|| "must be PENDING, BUILDING, READY, ERROR or CANCELED".into())
-}
-
-pub fn limit_arg(s: &str) -> Result<usize, String> {
-    s.parse()
-        .ok()
-        .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(|| format!("must be a whole number from 1 to {MAX_LIMIT}"))
 }
 
 #[cfg(test)]
@@ -523,19 +467,6 @@ mod tests {
             matches!(&err, ClientError::BadArgument(m) if m == "limit must be 1 to 500"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn argument_checks() {
-        assert_eq!(state_arg("ready").unwrap(), "READY");
-        assert!(state_arg("bogus").is_err());
-        assert_eq!(limit_arg("500").unwrap(), 500);
-        for bad in ["0", "501", "-1", "x"] {
-            assert!(limit_arg(bad).is_err(), "{bad}");
-        }
-        assert_eq!(hook_name_arg("  site ").unwrap(), "site");
-        assert!(branch_arg("a..b").is_err());
-        assert!(branch_arg("release/2.0").is_ok());
     }
 
     #[test]

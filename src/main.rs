@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use deployhook::{client, config, daemon, demo, logging};
+use deployhook::{args, client, config, daemon, demo, logging};
 
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -50,15 +50,15 @@ enum Command {
     /// List jobs from the running daemon's status listener
     Jobs {
         /// Only this hook's jobs (hook_…)
-        #[arg(long, value_parser = client::hook_id_arg)]
+        #[arg(long, value_parser = args::hook_id)]
         hook: Option<String>,
-        #[arg(long, value_parser = client::project_arg)]
+        #[arg(long, value_parser = args::project)]
         project: Option<String>,
         /// PENDING, BUILDING, READY, ERROR or CANCELED
-        #[arg(long, value_parser = client::state_arg)]
+        #[arg(long, value_parser = args::state)]
         state: Option<String>,
         /// At most this many jobs (1-500)
-        #[arg(long, value_parser = client::limit_arg)]
+        #[arg(long, value_parser = args::limit)]
         limit: Option<usize>,
         #[arg(long)]
         json: bool,
@@ -67,7 +67,7 @@ enum Command {
     },
     /// Print a job's log
     Logs {
-        #[arg(value_parser = client::job_id_arg)]
+        #[arg(value_parser = args::job_id)]
         job: String,
         /// Keep printing new output until the job ends
         #[arg(long, short)]
@@ -81,12 +81,12 @@ enum Command {
 enum HooksCommand {
     /// Create a hook; prints its URL alone on stdout (shown only this once)
     Create {
-        #[arg(long, value_parser = client::project_arg)]
+        #[arg(long, value_parser = args::project)]
         project: String,
         /// Free text, up to 100 characters
-        #[arg(long, value_parser = client::hook_name_arg)]
+        #[arg(long, value_parser = args::hook_name)]
         name: String,
-        #[arg(long, value_parser = client::branch_arg)]
+        #[arg(long, value_parser = args::branch)]
         branch: String,
         #[arg(long)]
         json: bool,
@@ -102,7 +102,7 @@ enum HooksCommand {
     },
     /// Revoke a hook: its URL stops working at once
     Revoke {
-        #[arg(value_parser = client::hook_id_arg)]
+        #[arg(value_parser = args::hook_id)]
         hook_id: String,
         #[command(flatten)]
         config: ConfigArg,
