@@ -418,7 +418,11 @@ fn the_demos_change_command_works_without_a_git_identity() {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", home.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1");
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            // No identity guessed from the host name either, on any machine.
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "user.useConfigOnly")
+            .env("GIT_CONFIG_VALUE_0", "true");
     };
     let mut change = Command::new("sh");
     change.args(["-c", &command]);
