@@ -11,19 +11,72 @@ use serde::Deserialize;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A failed command, as the CLI reports it; `main` maps each variant to an exit status.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Nothing listens on the admin socket or the status address.
     NoDaemon { place: String, cause: io::Error },
+    /// The admin socket is there but this user may not open it (EACCES).
+    Forbidden(Forbidden),
+    /// An argument is not a value the command takes (the status listener said 400, or the
+    /// CLI saw it before asking).
+    BadArgument(String),
     /// The daemon answered with an error.
     Refused(String),
     /// The exchange broke down.
     Protocol(String),
+}
+
+/// Who may open the admin socket, for the message a refused user sees.
+#[derive(Debug)]
+pub struct Forbidden {
+    pub socket: PathBuf,
+    /// The config's `admin_group`, if it names one.
+    pub group: Option<String>,
+    /// The socket's folder, not the socket, refused the user.
+    pub folder_closed: bool,
+}
+
+impl fmt::Display for Forbidden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let socket = self.socket.display();
+        let dir = self.socket.parent().unwrap_or(Path::new("/"));
+        if self.folder_closed {
+            write!(
+                f,
+                "you may not enter {}, the folder of the deployhook admin socket {socket} \
+                 (Permission denied); access needs root, or a folder that lets you through \
+                 (mode 0755: the socket's own mode still decides who may use it)",
+                dir.display()
+            )?;
+            if let Some(group) = &self.group {
+                write!(f, " and membership of group `{group}` (admin_group)")?;
+            }
+            return Ok(());
+        }
+        write!(
+            f,
+            "a deployhook daemon is running, but you may not open its admin socket {socket} \
+             (Permission denied); "
+        )?;
+        match &self.group {
+            Some(group) => write!(
+                f,
+                "access needs root or membership of group `{group}` (admin_group)"
+            ),
+            None => write!(
+                f,
+                "access needs root or the daemon's own user; set admin_group in the config to \
+                 let a group in"
+            ),
+        }
+    }
 }
 
 impl fmt::Display for ClientError {
@@ -33,6 +86,8 @@ impl fmt::Display for ClientError {
                 f,
                 "no deployhook daemon is running at {place} ({cause}); start it with `deployhook serve` or `systemctl start deployhook`"
             ),
+            ClientError::Forbidden(why) => write!(f, "{why}"),
+            ClientError::BadArgument(m) => write!(f, "{m}"),
             ClientError::Refused(m) => write!(f, "{m}"),
             ClientError::Protocol(m) => write!(f, "unexpected answer from the daemon: {m}"),
         }
@@ -44,10 +99,39 @@ impl std::error::Error for ClientError {}
 /// Sends one request on the admin socket and returns the daemon's result of type `T` (the
 /// type [`Request`]'s doc names for it), or the daemon's refusal.
 pub fn admin<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|cause| ClientError::NoDaemon {
-        place: socket.display().to_string(),
-        cause,
-    })?;
+    call(socket, None, req)
+}
+
+/// [`admin`] on the config's socket; a refused user is told about its `admin_group`.
+fn admin_of<T: DeserializeOwned>(config: &Config, req: &Request) -> Result<T, ClientError> {
+    call(&config.admin_socket, config.admin_group.as_deref(), req)
+}
+
+/// The error for a failed connect. EACCES means the socket file exists (a daemon removes it
+/// when it stops) or its folder is closed to this user; either way, "not running" would mislead.
+fn connect_error(socket: &Path, group: Option<&str>, cause: io::Error) -> ClientError {
+    if cause.kind() != io::ErrorKind::PermissionDenied {
+        return ClientError::NoDaemon {
+            place: socket.display().to_string(),
+            cause,
+        };
+    }
+    let folder_closed = std::fs::symlink_metadata(socket)
+        .is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
+    ClientError::Forbidden(Forbidden {
+        socket: socket.to_path_buf(),
+        group: group.map(str::to_string),
+        folder_closed,
+    })
+}
+
+fn call<T: DeserializeOwned>(
+    socket: &Path,
+    group: Option<&str>,
+    req: &Request,
+) -> Result<T, ClientError> {
+    let stream =
+        UnixStream::connect(socket).map_err(|cause| connect_error(socket, group, cause))?;
     let _ = stream.set_read_timeout(Some(ADMIN_TIMEOUT));
     let _ = stream.set_write_timeout(Some(ADMIN_TIMEOUT));
     let line = req
@@ -68,14 +152,23 @@ pub fn admin<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, Cli
 }
 
 pub fn hooks_create(
-    socket: &Path,
+    config: &Config,
     project: &str,
     name: &str,
     branch: &str,
     json: bool,
 ) -> Result<(), ClientError> {
-    let Created { hook, url } = admin(
-        socket,
+    // The daemon checks again against the config it runs with (reloaded or not).
+    if !config.projects.contains_key(project) {
+        let known: Vec<&str> = config.projects.keys().map(String::as_str).collect();
+        return Err(ClientError::BadArgument(format!(
+            "unknown project `{project}`; {} configures: {}",
+            config.path.display(),
+            known.join(", ")
+        )));
+    }
+    let Created { hook, url } = admin_of(
+        config,
         &Request::Create {
             project: project.into(),
             name: name.into(),
@@ -94,8 +187,8 @@ pub fn hooks_create(
     Ok(())
 }
 
-pub fn hooks_list(socket: &Path, json: bool) -> Result<(), ClientError> {
-    let Hooks { hooks } = admin(socket, &Request::List)?;
+pub fn hooks_list(config: &Config, json: bool) -> Result<(), ClientError> {
+    let Hooks { hooks } = admin_of(config, &Request::List)?;
     if json {
         println!("{}", serde_json::json!({ "hooks": hooks }));
         return Ok(());
@@ -127,8 +220,8 @@ pub fn hooks_list(socket: &Path, json: bool) -> Result<(), ClientError> {
     Ok(())
 }
 
-pub fn hooks_revoke(socket: &Path, id: &str) -> Result<(), ClientError> {
-    let Revoked { revoked } = admin(socket, &Request::Revoke { id: id.into() })?;
+pub fn hooks_revoke(config: &Config, id: &str) -> Result<(), ClientError> {
+    let Revoked { revoked } = admin_of(config, &Request::Revoke { id: id.into() })?;
     println!("revoked {revoked}");
     Ok(())
 }
@@ -203,12 +296,16 @@ struct JobsPage {
     jobs: Vec<Job>,
 }
 
+/// A status listener's error answer; a 400 means the arguments were wrong.
 fn api_error(resp: &mut ureq::http::Response<ureq::Body>) -> ClientError {
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     let message = serde_json::from_str::<ErrorBody>(&text)
         .map(|body| body.error.message)
         .unwrap_or(text);
-    ClientError::Refused(format!("{} {message}", resp.status().as_u16()))
+    match resp.status().as_u16() {
+        400 => ClientError::BadArgument(message),
+        status => ClientError::Refused(format!("{status} {message}")),
+    }
 }
 
 pub struct JobsQuery {
@@ -238,7 +335,11 @@ pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
         .read_to_string()
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     if json {
-        println!("{text}");
+        // The listener's JSON ends with a newline already; add one only if it does not.
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
         return Ok(());
     }
     let JobsPage { jobs } =
@@ -280,11 +381,7 @@ pub fn jobs(base: &str, q: &JobsQuery, json: bool) -> Result<(), ClientError> {
 pub fn logs(base: &str, job: &str, follow: bool) -> Result<(), ClientError> {
     // The id becomes a path segment: one that is not job-shaped cannot name a job, and
     // refusing it here leaves nothing to escape.
-    if !crate::secret::is_job_id(job) {
-        return Err(ClientError::Refused(format!(
-            "`{job}` is not a job id (20 letters or digits)"
-        )));
-    }
+    crate::args::job_id(job).map_err(|e| ClientError::BadArgument(format!("`{job}`: {e}")))?;
     let query = if follow {
         vec![("follow", "1".to_string())]
     } else {
@@ -341,9 +438,41 @@ mod tests {
     }
 
     #[test]
+    fn a_400_from_the_status_listener_is_a_bad_argument() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::Builder::new()
+            .name("fake-status".into())
+            .spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let mut head = String::new();
+                BufReader::new(&stream).read_line(&mut head).unwrap();
+                let body = r#"{"error":{"code":"bad_request","message":"limit must be 1 to 500"}}"#;
+                let answer = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                (&stream).write_all(answer.as_bytes()).unwrap();
+            })
+            .unwrap();
+        let query = JobsQuery {
+            hook: None,
+            project: None,
+            state: None,
+            limit: Some(9999),
+        };
+        let err = jobs(&base, &query, true).unwrap_err();
+        server.join().unwrap();
+        assert!(
+            matches!(&err, ClientError::BadArgument(m) if m == "limit must be 1 to 500"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_log_is_asked_for_only_by_a_job_id() {
         // Refused before any connection: nothing listens on port 1.
         let err = logs("http://127.0.0.1:1", "../status", false).unwrap_err();
-        assert!(matches!(err, ClientError::Refused(_)), "{err}");
+        assert!(matches!(err, ClientError::BadArgument(_)), "{err}");
     }
 }

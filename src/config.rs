@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
@@ -128,9 +128,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         line: None,
         key: None,
-        message: format!("cannot read the file: {e}"),
+        message: unreadable(path, &e),
     })?;
     parse(path, &text)
+}
+
+/// Why a config file cannot be read. A missing default file most often means "no config given
+/// yet", so the message says how to give one.
+fn unreadable(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) {
+        format!("no config file here; pass --config PATH or set ${ENV_CONFIG}")
+    } else {
+        format!("cannot read the file: {e}")
+    }
 }
 
 /// The file as written. Every value that a later check may refuse keeps its place in the file
@@ -283,25 +293,88 @@ impl Checker<'_> {
         std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
     }
 
+    /// An address setting and where it is written (`None` when it is the default).
     fn addr(
         &self,
         key: &str,
         value: Option<Spanned<String>>,
         default: SocketAddr,
-    ) -> Result<SocketAddr, ConfigError> {
+    ) -> Result<(SocketAddr, Option<usize>), ConfigError> {
         let Some(value) = value else {
-            return Ok(default);
+            return Ok((default, None));
         };
-        value.get_ref().parse().map_err(|_| {
+        let at = value.span().start;
+        let addr = value.get_ref().parse().map_err(|_| {
             self.error(
                 key,
-                value.span().start,
+                at,
                 format!(
                     "`{}` is not an address like 127.0.0.1:8080 or [::1]:8080",
                     value.get_ref()
                 ),
             )
-        })
+        })?;
+        Ok((addr, Some(at)))
+    }
+
+    /// Refuses two listeners that would fight over one port. `listeners` are (key, address,
+    /// where it is written, `None` for a default); the error is placed at a key that is written
+    /// in the file, the later one when both are.
+    fn distinct_listeners(
+        &self,
+        listeners: &[(&str, SocketAddr, Option<usize>)],
+    ) -> Result<(), ConfigError> {
+        for (i, later) in listeners.iter().enumerate() {
+            for earlier in &listeners[..i] {
+                if !may_collide(later.1, earlier.1) {
+                    continue;
+                }
+                let ((key, addr, at), (other_key, other, _)) = match (later.2, earlier.2) {
+                    (Some(_), _) => (later, earlier),
+                    (None, Some(_)) => (earlier, later),
+                    (None, None) => continue, // the defaults differ
+                };
+                let clash = if addr == other {
+                    format!("`{addr}` is also the address of `{other_key}`")
+                } else {
+                    format!("`{addr}` and `{other_key}` = `{other}` share the port")
+                };
+                return Err(self.error(
+                    key,
+                    at.unwrap_or(0),
+                    format!(
+                        "{clash}; each listener needs its own address (port 0 picks a free one)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `admin_group` as written, if the system has such a group: a missing group would only
+    /// show when `serve` binds the admin socket.
+    fn admin_group(&self, value: Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+        let Some(group) = value else {
+            return Ok(None);
+        };
+        let at = group.span().start;
+        let name = group.into_inner();
+        if name.is_empty() {
+            return Err(self.error("admin_group", at, "must not be empty"));
+        }
+        match crate::sys::group_id(&name) {
+            Ok(Some(_)) => Ok(Some(name)),
+            Ok(None) => Err(self.error(
+                "admin_group",
+                at,
+                format!("there is no group `{name}` on this system; create it (groupadd {name}) or remove the setting"),
+            )),
+            Err(e) => Err(self.error(
+                "admin_group",
+                at,
+                format!("cannot look up group `{name}`: {e}"),
+            )),
+        }
     }
 
     /// A whole-number setting as written, if it is; refused with `rule` unless `valid`.
@@ -320,8 +393,13 @@ impl Checker<'_> {
 
     fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let base = self.base_dir();
-        let listen = self.addr("listen", raw.listen, DEFAULT_LISTEN)?;
-        let status_listen = self.addr("status_listen", raw.status_listen, DEFAULT_STATUS_LISTEN)?;
+        let (listen, listen_at) = self.addr("listen", raw.listen, DEFAULT_LISTEN)?;
+        let (status_listen, status_at) =
+            self.addr("status_listen", raw.status_listen, DEFAULT_STATUS_LISTEN)?;
+        self.distinct_listeners(&[
+            ("listen", listen, listen_at),
+            ("status_listen", status_listen, status_at),
+        ])?;
         let workers = self
             .whole(
                 "workers",
@@ -365,12 +443,7 @@ impl Checker<'_> {
             }
             None => format!("http://{listen}"),
         };
-        let admin_group = match raw.admin_group {
-            Some(group) if group.get_ref().is_empty() => {
-                return Err(self.error("admin_group", group.span().start, "must not be empty"))
-            }
-            group => group.map(Spanned::into_inner),
-        };
+        let admin_group = self.admin_group(raw.admin_group)?;
         if raw.projects.is_empty() {
             return Err(ConfigError {
                 path: self.path.to_path_buf(),
@@ -469,6 +542,26 @@ impl Checker<'_> {
             env,
         })
     }
+}
+
+/// Whether two listening addresses can fight over one port. Port 0 asks for any free port, so
+/// it never collides. A wildcard address takes its port on every address it covers: `0.0.0.0`
+/// all of IPv4 (and `[::]`'s port), `[::]` everything, since Linux makes it dual-stack by
+/// default.
+fn may_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let (a, b) = (canonical(a.ip()), canonical(b.ip()));
+    let covers = |wild: IpAddr, other: IpAddr| match wild {
+        IpAddr::V4(v4) => v4.is_unspecified() && (other.is_ipv4() || other.is_unspecified()),
+        IpAddr::V6(v6) => v6.is_unspecified(),
+    };
+    a == b || covers(a, b) || covers(b, a)
 }
 
 pub fn is_project_name(name: &str) -> bool {
@@ -680,6 +773,61 @@ mod tests {
         assert_eq!(
             (err.line, err.key.as_deref()),
             (Some(6), Some("projects.other.build"))
+        );
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let err = parse_str(&format!(
+            "listen = \"127.0.0.1:9000\"\nstatus_listen = \"127.0.0.1:9000\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/dh/deployhook.toml:2: key `status_listen`: `127.0.0.1:9000` is also the \
+             address of `listen`; each listener needs its own address (port 0 picks a free one)"
+        );
+        // Against a default, the error is placed at the key that is written.
+        let err = parse_str(&format!("\nlisten = \"127.0.0.1:8081\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!((err.line, err.key.as_deref()), (Some(2), Some("listen")));
+        let err = parse_str(&format!(
+            "listen = \"0.0.0.0:9000\"\nstatus_listen = \"127.0.0.1:9000\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("share the port"), "{err}");
+        for (listen, status) in [
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:9000", "127.0.0.2:9000"),
+            ("127.0.0.1:9000", "127.0.0.1:9001"),
+            ("0.0.0.0:9000", "[::1]:9000"),
+        ] {
+            let text = format!("listen = \"{listen}\"\nstatus_listen = \"{status}\"\n{MINIMAL}");
+            assert!(parse_str(&text).is_ok(), "{listen} {status}");
+        }
+    }
+
+    #[test]
+    fn listeners_that_share_a_port_are_found() {
+        let collide = |a: &str, b: &str| may_collide(a.parse().unwrap(), b.parse().unwrap());
+        assert!(collide("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(collide("0.0.0.0:80", "10.0.0.1:80"));
+        assert!(collide("[::]:80", "127.0.0.1:80"));
+        assert!(collide("[::]:80", "0.0.0.0:80"));
+        assert!(collide("[::ffff:127.0.0.1]:80", "127.0.0.1:80"));
+        assert!(!collide("0.0.0.0:80", "[::1]:80"));
+        assert!(!collide("0.0.0.0:0", "0.0.0.0:0"));
+        assert!(!collide("[::1]:80", "[::2]:80"));
+    }
+
+    #[test]
+    fn an_admin_group_must_exist() {
+        let c = parse_str(&format!("admin_group = \"root\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.admin_group.as_deref(), Some("root"));
+        let err = parse_str(&format!("admin_group = \"dh-no-such-group\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/dh/deployhook.toml:1: key `admin_group`: there is no group `dh-no-such-group` \
+             on this system; create it (groupadd dh-no-such-group) or remove the setting"
         );
     }
 

@@ -249,16 +249,8 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| startup("cannot install signal handlers", e))?;
-    let admin_listener =
-        admin::bind(&config.admin_socket, config.admin_group.as_deref()).map_err(|e| {
-            startup(
-                format!(
-                    "cannot bind the admin socket {}",
-                    config.admin_socket.display()
-                ),
-                e,
-            )
-        })?;
+    let admin_listener = admin::bind(&config.admin_socket, config.admin_group.as_deref())
+        .map_err(|e| DaemonError::Startup(e.to_string()))?;
     let (janitor_tx, janitor_rx) = crossbeam_channel::unbounded();
     spawn("janitor", move || build::janitor(janitor_rx))?;
     prepare_state(&config, &janitor_tx)?;

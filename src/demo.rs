@@ -86,6 +86,10 @@ fn make_example(dir: &Path) -> Result<PathBuf, DaemonError> {
     write(&repo.join("build.sh"), BUILD_SCRIPT)?;
     write(&repo.join("index.html"), INDEX)?;
     git(&repo, &["init", "--quiet", "--initial-branch=main"])?;
+    // An identity of the repository's own, so that the printed "change the site" command
+    // commits for a user who never configured git.
+    git(&repo, &["config", "user.name", "deployhook demo"])?;
+    git(&repo, &["config", "user.email", "demo@localhost"])?;
     git(&repo, &["add", "."])?;
     git(&repo, &["commit", "--quiet", "-m", "example site"])?;
     Ok(repo)

@@ -3,6 +3,7 @@
 //! the architecture; `main.rs` only dispatches the command line.
 
 pub mod admin;
+pub mod args;
 pub mod build;
 pub mod client;
 pub mod config;

@@ -5,12 +5,16 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use deployhook::{client, config, daemon, demo, logging};
+use deployhook::{args, client, config, daemon, demo, logging};
 
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 /// Exit status when no daemon answers (EX_UNAVAILABLE).
 const EXIT_NO_DAEMON: u8 = 69;
+/// Exit status for bad arguments: 2, as clap exits for those it finds itself.
+const EXIT_USAGE: u8 = 2;
+/// Exit status when the user may not open the admin socket (EX_NOPERM).
+const EXIT_NO_PERMISSION: u8 = 77;
 
 #[derive(Parser)]
 #[command(
@@ -46,15 +50,15 @@ enum Command {
     /// List jobs from the running daemon's status listener
     Jobs {
         /// Only this hook's jobs (hook_…)
-        #[arg(long)]
+        #[arg(long, value_parser = args::hook_id)]
         hook: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = args::project)]
         project: Option<String>,
         /// PENDING, BUILDING, READY, ERROR or CANCELED
-        #[arg(long)]
+        #[arg(long, value_parser = args::state)]
         state: Option<String>,
         /// At most this many jobs (1-500)
-        #[arg(long)]
+        #[arg(long, value_parser = args::limit)]
         limit: Option<usize>,
         #[arg(long)]
         json: bool,
@@ -63,6 +67,7 @@ enum Command {
     },
     /// Print a job's log
     Logs {
+        #[arg(value_parser = args::job_id)]
         job: String,
         /// Keep printing new output until the job ends
         #[arg(long, short)]
@@ -76,12 +81,12 @@ enum Command {
 enum HooksCommand {
     /// Create a hook; prints its URL alone on stdout (shown only this once)
     Create {
-        #[arg(long)]
+        #[arg(long, value_parser = args::project)]
         project: String,
         /// Free text, up to 100 characters
-        #[arg(long)]
+        #[arg(long, value_parser = args::hook_name)]
         name: String,
-        #[arg(long)]
+        #[arg(long, value_parser = args::branch)]
         branch: String,
         #[arg(long)]
         json: bool,
@@ -97,6 +102,7 @@ enum HooksCommand {
     },
     /// Revoke a hook: its URL stops working at once
     Revoke {
+        #[arg(value_parser = args::hook_id)]
         hook_id: String,
         #[command(flatten)]
         config: ConfigArg,
@@ -111,19 +117,27 @@ enum Failure {
 }
 
 impl Failure {
-    fn exit(self) -> ExitCode {
-        let (message, code) = match self {
-            Failure::Config(e) | Failure::Daemon(daemon::DaemonError::Config(e)) => {
-                (e.to_string(), EXIT_CONFIG)
-            }
-            Failure::Daemon(e) => (e.to_string(), 1),
-            Failure::Client(e @ client::ClientError::NoDaemon { .. }) => {
-                (e.to_string(), EXIT_NO_DAEMON)
-            }
-            Failure::Client(e) => (e.to_string(), 1),
+    /// Reports the failure once: as a log line when the command logs (`serve`, `demo`: under
+    /// systemd that line carries the error priority), else as `deployhook: …` on stderr.
+    fn exit(self, logs: bool) -> ExitCode {
+        let code = match &self {
+            Failure::Config(_) | Failure::Daemon(daemon::DaemonError::Config(_)) => EXIT_CONFIG,
+            Failure::Daemon(_) => 1,
+            Failure::Client(client::ClientError::NoDaemon { .. }) => EXIT_NO_DAEMON,
+            Failure::Client(client::ClientError::Forbidden(_)) => EXIT_NO_PERMISSION,
+            Failure::Client(client::ClientError::BadArgument(_)) => EXIT_USAGE,
+            Failure::Client(_) => 1,
         };
-        log::error!("{message}");
-        eprintln!("deployhook: {message}");
+        let message = match self {
+            Failure::Config(e) => e.to_string(),
+            Failure::Daemon(e) => e.to_string(),
+            Failure::Client(e) => e.to_string(),
+        };
+        if logs && log::log_enabled!(log::Level::Error) {
+            log::error!("{message}");
+        } else {
+            eprintln!("deployhook: {message}");
+        }
         ExitCode::from(code)
     }
 }
@@ -150,12 +164,10 @@ fn run(command: Command) -> Result<(), Failure> {
                 branch,
                 json,
                 config,
-            } => client::hooks_create(&load(&config)?.admin_socket, &project, &name, &branch, json),
-            HooksCommand::List { json, config } => {
-                client::hooks_list(&load(&config)?.admin_socket, json)
-            }
+            } => client::hooks_create(&load(&config)?, &project, &name, &branch, json),
+            HooksCommand::List { json, config } => client::hooks_list(&load(&config)?, json),
             HooksCommand::Revoke { hook_id, config } => {
-                client::hooks_revoke(&load(&config)?.admin_socket, &hook_id)
+                client::hooks_revoke(&load(&config)?, &hook_id)
             }
         }
         .map_err(Failure::Client),
@@ -187,12 +199,13 @@ fn run(command: Command) -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve(_) | Command::Demo) {
+    let logs = matches!(cli.command, Command::Serve(_) | Command::Demo);
+    if logs {
         logging::init();
     }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.exit(),
+        Err(f) => f.exit(logs),
     }
 }
 

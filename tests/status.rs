@@ -470,8 +470,8 @@ fn jobs_and_logs_commands_read_the_status_listener() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["jobs"][0]["id"], id.as_str());
     let out = s.daemon.cli(&["jobs", "--state", "bogus"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("400"));
+    assert_eq!(out.status.code(), Some(2), "a bad argument");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be PENDING, BUILDING"));
 
     for args in [
         vec!["logs", id.as_str()],

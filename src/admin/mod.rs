@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -103,42 +103,152 @@ pub struct Admin {
     pub config: Arc<RwLock<Arc<Config>>>,
 }
 
+/// Why the admin socket could not be set up at start; its text names the socket and, for a
+/// group problem, `admin_group`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The socket's folder does not exist and could not be made.
+    Folder { dir: PathBuf, cause: io::Error },
+    /// A daemon already answers on the socket.
+    InUse { socket: PathBuf },
+    /// A socket file left by an earlier daemon could not be removed.
+    Stale { socket: PathBuf, cause: io::Error },
+    /// The group database could not be read to find `admin_group`.
+    GroupLookup { group: String, cause: io::Error },
+    /// `admin_group` names no group on this system.
+    NoSuchGroup { group: String },
+    /// bind(2) refused the socket path.
+    Bind { socket: PathBuf, cause: io::Error },
+    /// The socket could not be given to `admin_group` (chown(2) refused).
+    Group {
+        socket: PathBuf,
+        group: String,
+        cause: io::Error,
+    },
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::Folder { dir, cause } => write!(
+                f,
+                "cannot create {}, the admin socket's folder: {cause}",
+                dir.display()
+            ),
+            BindError::InUse { socket } => write!(
+                f,
+                "another deployhook daemon is listening on the admin socket {}",
+                socket.display()
+            ),
+            BindError::Stale { socket, cause } => write!(
+                f,
+                "cannot remove the stale admin socket {}: {cause}",
+                socket.display()
+            ),
+            BindError::GroupLookup { group, cause } => {
+                write!(f, "cannot look up group `{group}` (admin_group): {cause}")
+            }
+            BindError::NoSuchGroup { group } => write!(
+                f,
+                "there is no group `{group}` (admin_group); create it or remove the setting"
+            ),
+            BindError::Bind { socket, cause } => {
+                write!(
+                    f,
+                    "cannot bind the admin socket {}: {cause}",
+                    socket.display()
+                )?;
+                if cause.kind() == io::ErrorKind::PermissionDenied {
+                    if let Some(dir) = socket.parent() {
+                        write!(
+                            f,
+                            "; the daemon's user needs write access to {}",
+                            dir.display()
+                        )?;
+                    }
+                }
+                Ok(())
+            }
+            BindError::Group {
+                socket,
+                group,
+                cause,
+            } => {
+                write!(
+                    f,
+                    "cannot give the admin socket {} to group `{group}` (admin_group): {cause}",
+                    socket.display()
+                )?;
+                match cause.raw_os_error() {
+                    Some(libc::EPERM) => write!(
+                        f,
+                        "; the daemon must run as root or as a member of that group"
+                    ),
+                    // chown(2) to a group the user namespace does not map.
+                    Some(libc::EINVAL) => write!(
+                        f,
+                        "; the group does not exist in the daemon's user namespace (systemd's \
+                         PrivateUsers=yes maps only root and the service's own user and group)"
+                    ),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for BindError {}
+
 /// Binds the socket with the right mode from the start (mask set around `bind`), replacing a
 /// stale socket file left by a crash. Call before other threads start: the mask is process-wide.
-pub fn bind(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, BindError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|cause| BindError::Folder {
+            dir: dir.to_path_buf(),
+            cause,
+        })?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("another daemon is listening on {}", path.display()),
-            ));
+            return Err(BindError::InUse {
+                socket: path.to_path_buf(),
+            });
         }
-        std::fs::remove_file(path)?;
+        std::fs::remove_file(path).map_err(|cause| BindError::Stale {
+            socket: path.to_path_buf(),
+            cause,
+        })?;
     }
     let gid = match group {
         Some(name) => {
-            let found = crate::sys::group_id(name).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot look up admin_group `{name}`: {e}"),
-                )
+            let found = crate::sys::group_id(name).map_err(|cause| BindError::GroupLookup {
+                group: name.to_string(),
+                cause,
             })?;
-            Some(found.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("admin_group `{name}` does not exist"),
-                )
+            Some(found.ok_or_else(|| BindError::NoSuchGroup {
+                group: name.to_string(),
             })?)
         }
         None => None,
     };
     let mask = if gid.is_some() { 0o117 } else { 0o177 };
-    let listener = crate::sys::with_umask(mask, || UnixListener::bind(path))?;
-    if let Some(gid) = gid {
-        crate::sys::chown_group(path, gid)?;
+    let listener = crate::sys::with_umask(mask, || UnixListener::bind(path)).map_err(|cause| {
+        BindError::Bind {
+            socket: path.to_path_buf(),
+            cause,
+        }
+    })?;
+    if let (Some(gid), Some(name)) = (gid, group) {
+        if let Err(cause) = crate::sys::chown_group(path, gid) {
+            // The file would outlive the failed start and look like a stale socket.
+            let _ = std::fs::remove_file(path);
+            return Err(BindError::Group {
+                socket: path.to_path_buf(),
+                group: name.to_string(),
+                cause,
+            });
+        }
     }
     Ok(listener)
 }
@@ -264,7 +374,7 @@ impl Admin {
 }
 
 /// A hook name as stored: trimmed, 1 to [`MAX_HOOK_NAME`] characters, no control characters.
-fn check_hook_name(name: &str) -> Result<String, AdminError> {
+pub fn check_hook_name(name: &str) -> Result<String, AdminError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_HOOK_NAME {
         return Err(AdminError::HookNameLength);
