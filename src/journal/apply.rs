@@ -56,17 +56,21 @@ struct Tables<'t> {
     counters: Table<'t, &'static str, u64>,
     /// Job rows and counters changed by this batch, written once by [`Tables::flush`] instead
     /// of a read and a write per op.
-    pending: BatchChanges,
+    unflushed: BatchChanges,
     /// Hooks looked up in this batch, by secret hash; a revocation removes its entry.
     hook_cache: HashMap<SecretHash, Arc<Hook>>,
 }
 
+/// What a batch changed and has not written to the tables yet.
 #[derive(Default)]
 struct BatchChanges {
     /// Job rows changed by this batch, by id.
     rows: BTreeMap<String, JobRow>,
+    /// Change of each per-state counter, by its `COUNTERS` key.
     states: HashMap<&'static str, i64>,
+    /// The last job sequence number given out.
     seq: Option<u64>,
+    /// Jobs added per hook, for retention's counts.
     hook_jobs: HashMap<String, u64>,
 }
 
@@ -82,7 +86,7 @@ impl<'t> Tables<'t> {
             open: txn.open_table(OPEN_BY_HOOK)?,
             hook_counts: txn.open_table(HOOK_JOB_COUNTS)?,
             counters: txn.open_table(COUNTERS)?,
-            pending: BatchChanges::default(),
+            unflushed: BatchChanges::default(),
             hook_cache: HashMap::new(),
         })
     }
@@ -90,20 +94,20 @@ impl<'t> Tables<'t> {
     /// Writes the batch's job rows and counter changes; call before the commit (and before
     /// reading counters or scanning rows).
     fn flush(&mut self) -> Result<(), JournalError> {
-        let pending = std::mem::take(&mut self.pending);
-        for (id, row) in &pending.rows {
+        let changes = std::mem::take(&mut self.unflushed);
+        for (id, row) in &changes.rows {
             let bytes = encode("a job row", row)?;
             self.jobs.insert(id.as_str(), bytes.as_slice())?;
         }
-        for (key, delta) in pending.states {
+        for (key, delta) in changes.states {
             let old = self.counters.get(key)?.map_or(0, |v| v.value());
             self.counters
                 .insert(key, old.saturating_add_signed(delta))?;
         }
-        if let Some(seq) = pending.seq {
+        if let Some(seq) = changes.seq {
             self.counters.insert(SEQ, seq)?;
         }
-        for (hook, added) in pending.hook_jobs {
+        for (hook, added) in changes.hook_jobs {
             let old = self
                 .hook_counts
                 .get(hook.as_str())?
@@ -114,11 +118,11 @@ impl<'t> Tables<'t> {
     }
 
     fn next_seq(&mut self) -> Result<u64, JournalError> {
-        let last = match self.pending.seq {
+        let last = match self.unflushed.seq {
             Some(s) => s,
             None => self.counters.get(SEQ)?.map_or(0, |v| v.value()),
         };
-        self.pending.seq = Some(last + 1);
+        self.unflushed.seq = Some(last + 1);
         Ok(last + 1)
     }
 
@@ -181,7 +185,7 @@ impl<'t> Tables<'t> {
     }
 
     fn get_job(&self, id: &str) -> Result<Option<JobRow>, JournalError> {
-        if let Some(row) = self.pending.rows.get(id) {
+        if let Some(row) = self.unflushed.rows.get(id) {
             return Ok(Some(row.clone()));
         }
         Ok(match self.jobs.get(id)? {
@@ -194,11 +198,11 @@ impl<'t> Tables<'t> {
     /// supersedes, which is often the one the previous trigger of the same batch created, so
     /// each row is encoded and written once, in its final state, in id order.
     fn put_job(&mut self, row: JobRow) {
-        self.pending.rows.insert(row.job.id.clone(), row);
+        self.unflushed.rows.insert(row.job.id.clone(), row);
     }
 
     fn bump(&mut self, key: &'static str, delta: i64) {
-        *self.pending.states.entry(key).or_default() += delta;
+        *self.unflushed.states.entry(key).or_default() += delta;
     }
 
     /// Records a state change in the per-state counters and the open-job index.
@@ -317,7 +321,7 @@ impl<'t> Tables<'t> {
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
         self.by_project.insert((project, seq), job_id)?;
         self.open.insert(hook_id.as_str(), job_id)?;
-        *self.pending.hook_jobs.entry(hook_id).or_default() += 1;
+        *self.unflushed.hook_jobs.entry(hook_id).or_default() += 1;
         Ok(Outcome::Triggered { row, superseded })
     }
 
