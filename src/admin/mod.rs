@@ -10,7 +10,7 @@ pub mod protocol;
 
 use crate::build::now_ms;
 use crate::config::Config;
-use crate::journal::{Hook, Journal, JournalError, Op, Outcome};
+use crate::journal::{Hook, Journal, JournalError, Op, Outcome, ReadError};
 use crate::secret::{self, RandomError};
 use protocol::{Answer, Created, Hooks, Request, Revoked};
 use serde::Serialize;
@@ -49,8 +49,10 @@ pub enum AdminError {
     NoSuchHook(String),
     /// The operating system gave no random bytes for a hook id or secret.
     Random(RandomError),
-    /// The journal could not be read or did not take the write; nothing changed.
+    /// The journal did not take the write; nothing changed.
     Journal(JournalError),
+    /// The journal could not be read.
+    JournalRead(ReadError),
 }
 
 impl fmt::Display for AdminError {
@@ -80,6 +82,7 @@ impl fmt::Display for AdminError {
             AdminError::NoSuchHook(id) => write!(f, "no hook with id {id}"),
             AdminError::Random(e) => write!(f, "{e}"),
             AdminError::Journal(e) => write!(f, "{e}"),
+            AdminError::JournalRead(e) => write!(f, "{e}"),
         }
     }
 }
@@ -89,6 +92,12 @@ impl std::error::Error for AdminError {}
 impl From<JournalError> for AdminError {
     fn from(e: JournalError) -> Self {
         AdminError::Journal(e)
+    }
+}
+
+impl From<ReadError> for AdminError {
+    fn from(e: ReadError) -> Self {
+        AdminError::JournalRead(e)
     }
 }
 

@@ -83,6 +83,11 @@ pub enum ApiError {
     Busy,
     /// The journal cannot take the write (disk full, I/O error); nothing was acknowledged.
     Unavailable,
+    /// The journal could not be read; nothing was being written. `retry`: the failure may pass
+    /// by itself (an I/O error, the journal being reopened), rather than a damaged file.
+    Unreadable {
+        retry: bool,
+    },
     Internal(String),
 }
 
@@ -98,7 +103,8 @@ impl ApiError {
             ApiError::RequestTimeout => 408,
             ApiError::VersionNotSupported => 505,
             ApiError::Busy | ApiError::Unavailable => 503,
-            ApiError::Internal(_) => 500,
+            ApiError::Unreadable { retry: true } => 503,
+            ApiError::Unreadable { retry: false } | ApiError::Internal(_) => 500,
         }
     }
 
@@ -114,6 +120,7 @@ impl ApiError {
             ApiError::VersionNotSupported => "http_version_not_supported",
             ApiError::Busy => "busy",
             ApiError::Unavailable => "unavailable",
+            ApiError::Unreadable { .. } => "journal_unreadable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -135,6 +142,12 @@ impl ApiError {
                 "The journal cannot record the job right now; nothing was queued. Retry later."
                     .into()
             }
+            ApiError::Unreadable { retry: true } => {
+                "The journal cannot be read right now; retry later.".into()
+            }
+            ApiError::Unreadable { retry: false } => {
+                "The journal could not be read; check the daemon log.".into()
+            }
             ApiError::Internal(_) => "Internal error.".into(),
         }
     }
@@ -147,7 +160,9 @@ impl ApiError {
         let reply = Reply::json(self.status(), &body);
         match self {
             ApiError::MethodNotAllowed(allow) => reply.with_header("Allow", *allow),
-            ApiError::Busy | ApiError::Unavailable => reply.with_header("Retry-After", "5"),
+            ApiError::Busy | ApiError::Unavailable | ApiError::Unreadable { retry: true } => {
+                reply.with_header("Retry-After", "5")
+            }
             _ => reply,
         }
     }
@@ -159,9 +174,70 @@ impl From<ApiError> for Reply {
     }
 }
 
+/// A refused write (nothing was queued); a failed read is a [`crate::journal::ReadError`].
 impl From<crate::journal::JournalError> for ApiError {
     fn from(e: crate::journal::JournalError) -> ApiError {
         log::error!("{e}");
         ApiError::Unavailable
+    }
+}
+
+impl From<crate::journal::ReadError> for ApiError {
+    fn from(e: crate::journal::ReadError) -> ApiError {
+        log::error!("{e}");
+        ApiError::Unreadable {
+            retry: e.cause.is_transient(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{JournalError, ReadError};
+
+    /// The status, `Retry-After` and error message a client is answered with.
+    fn answer(error: ApiError) -> (u16, Option<String>, String) {
+        let reply = error.reply();
+        let retry = reply
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "Retry-After")
+            .map(|(_, value)| value.clone());
+        let ReplyBody::Bytes(body) = reply.body else {
+            panic!("an error is answered with bytes")
+        };
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let message = json["error"]["message"].as_str().unwrap().to_string();
+        (reply.status, retry, message)
+    }
+
+    #[test]
+    fn a_failed_read_is_not_answered_as_a_refused_write() {
+        let corrupt = ReadError {
+            query: "a job listing",
+            cause: JournalError::Corrupt {
+                table: "jobs",
+                key: "J1".into(),
+                detail: "EOF while parsing".into(),
+            },
+        };
+        let (status, retry, message) = answer(corrupt.into());
+        assert_eq!((status, retry), (500, None));
+        assert_eq!(
+            message,
+            "The journal could not be read; check the daemon log."
+        );
+        let reopening = ReadError {
+            query: "a job",
+            cause: JournalError::Reopening,
+        };
+        let (status, retry, message) = answer(reopening.into());
+        assert_eq!((status, retry.as_deref()), (503, Some("5")));
+        assert!(!message.contains("nothing was queued"), "{message}");
+        // A refused write still says that nothing was queued.
+        let (status, _, message) = answer(JournalError::Stopped.into());
+        assert_eq!(status, 503);
+        assert!(message.contains("nothing was queued"), "{message}");
     }
 }

@@ -15,9 +15,13 @@
 //! holds, record by consecutive record, up to the first one that is torn, stale or missing.
 //! Records left from before the last checkpoint carry lower numbers and are never replayed.
 
-use super::{JournalError, Op};
+use super::error::JournalError;
+use super::ops::Op;
+use super::schema::encode as encode_json;
 use sha2::{Digest, Sha256};
 use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest time between two durable redb commits while the log takes the batches.
@@ -72,9 +76,10 @@ fn digest(seq: u64, payload: &[u8]) -> [u8; 16] {
 
 /// One record, ready to be written.
 pub fn encode(seq: u64, ops: &[&Op]) -> Result<Vec<u8>, JournalError> {
-    let payload = serde_json::to_vec(ops)?;
-    let len = u32::try_from(payload.len())
-        .map_err(|_| JournalError("a batch is too large for the log".into()))?;
+    let payload = encode_json("a write-ahead log record", &ops)?;
+    let len = u32::try_from(payload.len()).map_err(|_| JournalError::BatchTooLarge {
+        bytes: payload.len(),
+    })?;
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&len.to_le_bytes());
@@ -132,6 +137,8 @@ pub fn to_replay(records: Vec<(u64, Vec<Op>)>, held: u64) -> Vec<(u64, Vec<Op>)>
 /// The writer's end of the log.
 pub struct Wal {
     file: Box<dyn LogFile>,
+    /// The file's path, for error messages (`None` on a custom backend).
+    path: Option<PathBuf>,
     /// Sequence number of the last batch committed to the database.
     pub seq: u64,
     /// Offset of the next record.
@@ -147,10 +154,12 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// The writer's end of `file`; [`Wal::checkpointed`] tells it where the database stands.
-    pub fn new(file: Box<dyn LogFile>) -> Wal {
+    /// The writer's end of `file` (at `path`); [`Wal::checkpointed`] tells it where the
+    /// database stands.
+    pub fn new(file: Box<dyn LogFile>, path: Option<PathBuf>) -> Wal {
         Wal {
             file,
+            path,
             seq: 0,
             end: 0,
             records: 0,
@@ -161,8 +170,16 @@ impl Wal {
         }
     }
 
-    pub fn read_all(&self) -> io::Result<Vec<u8>> {
-        self.file.read_all()
+    pub fn read_all(&self) -> Result<Vec<u8>, JournalError> {
+        self.file.read_all().map_err(|e| self.error("read", e))
+    }
+
+    fn error(&self, action: &'static str, source: io::Error) -> JournalError {
+        JournalError::LogFile {
+            path: self.path.clone(),
+            action,
+            source: Arc::new(source),
+        }
     }
 
     /// Whether the next batch should be a durable redb commit.
@@ -187,7 +204,7 @@ impl Wal {
     pub fn write(&mut self, record: &[u8]) -> Result<(), JournalError> {
         self.file
             .write_at(self.end, record)
-            .map_err(|e| JournalError(format!("cannot write the journal log: {e}")))
+            .map_err(|e| self.error("write", e))
     }
 
     /// Syncs the record just written and moves past it.
@@ -200,7 +217,7 @@ impl Wal {
             }
             Err(e) => {
                 self.must_checkpoint = true;
-                Err(JournalError(format!("cannot sync the journal log: {e}")))
+                Err(self.error("sync", e))
             }
         }
     }
@@ -297,7 +314,7 @@ mod tests {
     #[test]
     fn checkpoints_come_after_enough_records_time_or_a_failed_sync() {
         let mem = std::sync::Arc::new(MemLog::default());
-        let mut wal = Wal::new(Box::new(mem.clone()));
+        let mut wal = Wal::new(Box::new(mem.clone()), None);
         wal.checkpointed(0);
         wal.max_records = 3;
         for seq in 1..=3 {
@@ -328,7 +345,7 @@ mod tests {
     #[test]
     fn a_record_taken_back_is_never_replayed() {
         let mem = std::sync::Arc::new(MemLog::default());
-        let mut wal = Wal::new(Box::new(mem));
+        let mut wal = Wal::new(Box::new(mem), None);
         wal.checkpointed(0);
         append(&mut wal, 1).unwrap();
         // Record 2 is written, then its database commit fails.

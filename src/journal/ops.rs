@@ -1,0 +1,129 @@
+//! What can be asked of the journal's writer ([`Op`]), what it answers once the op is
+//! committed ([`Outcome`]), and the figures it reports after each commit ([`CommitStats`]).
+//! The rules each op follows are in [`super::apply`].
+
+use super::records::{Hook, JobRow, JobState};
+use crate::secret::SecretHash;
+use serde::{Deserialize, Serialize};
+
+/// A change to the journal, applied by the writer thread (and kept in the write-ahead log as
+/// JSON until a durable commit holds it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a PENDING job for the hook with this secret, if it exists and belongs to
+    /// `project`; cancel the hook's previous open job.
+    Trigger {
+        secret: SecretHash,
+        project: String,
+        job_id: String,
+        now: u64,
+    },
+    CreateHook {
+        hook: Hook,
+        secret: SecretHash,
+    },
+    RevokeHook {
+        id: String,
+    },
+    /// PENDING -> BUILDING.
+    Start {
+        job_id: String,
+        now: u64,
+    },
+    SetCommit {
+        job_id: String,
+        commit: String,
+    },
+    /// BUILDING -> a terminal state.
+    Finish {
+        job_id: String,
+        state: JobState,
+        exit_code: Option<i32>,
+        error: Option<String>,
+        now: u64,
+    },
+    /// BUILDING -> PENDING: the build was stopped by a shutdown and starts over later.
+    Requeue {
+        job_id: String,
+    },
+    /// Remove the oldest finished jobs of every hook that has more than `keep`.
+    Prune {
+        keep: usize,
+    },
+    /// Changes nothing: proves the writer thread still answers (watchdog).
+    Probe,
+    /// Commits its batch to redb durably, so that the database file alone holds everything
+    /// (at shutdown: a backup of the stopped daemon's `journal.redb` is then complete).
+    Checkpoint,
+}
+
+/// What an op did, once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Triggered {
+        row: JobRow,
+        /// The open job this trigger canceled, and whether it was building.
+        superseded: Option<(String, JobState)>,
+    },
+    HookCreated,
+    HookRevoked,
+    Started(JobRow),
+    CommitSet,
+    Finished(JobRow),
+    Requeued,
+    Pruned(Vec<String>),
+    Checkpointed,
+    /// The hook, job or secret does not exist (or does not match).
+    NotFound,
+    /// The job is in a state the op does not apply to (e.g. canceled before it started).
+    NotApplicable,
+}
+
+impl Outcome {
+    /// Whether the op changed the journal (so its batch is committed and logged).
+    pub(super) fn changes(&self) -> bool {
+        !matches!(self, Outcome::NotFound | Outcome::NotApplicable)
+    }
+}
+
+/// Figures the writer reports after each commit.
+pub struct CommitStats {
+    pub ops: usize,
+    pub seconds: f64,
+    pub ok: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_change_nothing() {
+        assert!(!Outcome::NotFound.changes());
+        assert!(!Outcome::NotApplicable.changes());
+        assert!(Outcome::HookCreated.changes());
+        assert!(Outcome::Checkpointed.changes());
+        assert!(Outcome::Pruned(Vec::new()).changes());
+    }
+
+    #[test]
+    fn ops_round_trip_through_their_log_encoding() {
+        let op = Op::Finish {
+            job_id: "J1".into(),
+            state: JobState::Error,
+            exit_code: Some(2),
+            error: Some("build failed".into()),
+            now: 7,
+        };
+        let back: Op = serde_json::from_slice(&serde_json::to_vec(&op).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            Op::Finish {
+                state: JobState::Error,
+                exit_code: Some(2),
+                now: 7,
+                ..
+            }
+        ));
+    }
+}
