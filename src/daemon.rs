@@ -140,9 +140,10 @@ fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, JournalEr
 
 /// Retention: removes each hook's finished jobs past `keep_jobs` (their logs go to the
 /// janitor through the commit callback), in bounded steps so triggers never wait long.
-fn prune_forever(journal: &Journal, shared: &RwLock<Arc<Config>>) {
+fn prune_forever(journal: &Journal, shared: &RwLock<Arc<Config>>, metrics: &Metrics) {
     loop {
         std::thread::sleep(PRUNE_EVERY);
+        metrics.retention_passes.fetch_add(1, Relaxed);
         loop {
             let keep = shared
                 .read()
@@ -293,8 +294,9 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
         let m = metrics.clone();
         spawn("journal-writer", move || {
             writer.run(commit, move |s| {
-                if s.ok {
-                    m.commit(s.ops, s.seconds)
+                // Only commits that wrote something count (an idle retention pass does not).
+                if s.ok && s.wrote > 0 {
+                    m.commit(s.wrote, s.seconds)
                 }
             })
         })?;
@@ -325,7 +327,8 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
     drop(pool_rx);
     {
         let (journal, shared) = (journal.clone(), shared.clone());
-        spawn("pruner", move || prune_forever(&journal, &shared))?;
+        let metrics = metrics.clone();
+        spawn("pruner", move || prune_forever(&journal, &shared, &metrics))?;
     }
 
     let mut public = Listener::start(

@@ -83,8 +83,11 @@ pub struct Metrics {
     pub waiting_callers: AtomicU64,
     pub workers_busy: AtomicU64,
     pub workers_total: AtomicU64,
+    /// Journal commits that wrote something, and the ops they wrote.
     pub commits: AtomicU64,
     pub committed_ops: AtomicU64,
+    /// Retention passes started (each looks for finished jobs past `keep_jobs`).
+    pub retention_passes: AtomicU64,
     pub build_duration: Histogram,
     pub commit_duration: Histogram,
 }
@@ -100,6 +103,7 @@ impl Default for Metrics {
             workers_total: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             committed_ops: AtomicU64::new(0),
+            retention_passes: AtomicU64::new(0),
             build_duration: Histogram::new(BUILD_BOUNDS),
             commit_duration: Histogram::new(COMMIT_BOUNDS),
         }
@@ -179,14 +183,20 @@ impl Metrics {
             (
                 "deployhook_journal_commits_total",
                 "counter",
-                "Journal write transactions committed.",
+                "Journal commits that wrote something.",
                 self.commits.load(Relaxed),
             ),
             (
                 "deployhook_journal_ops_total",
                 "counter",
-                "Journal operations committed (ops / commits = batch size).",
+                "Journal operations that changed it (ops / commits = batch size).",
                 self.committed_ops.load(Relaxed),
+            ),
+            (
+                "deployhook_retention_passes_total",
+                "counter",
+                "Retention passes (finished jobs past keep_jobs removed), every 0.5 s.",
+                self.retention_passes.load(Relaxed),
             ),
         ];
         for (name, kind, help, value) in scalars {

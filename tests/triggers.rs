@@ -312,3 +312,28 @@ fn concurrent_triggers_share_journal_commits() {
         "{ops} ops in {commits} commits: no batching"
     );
 }
+
+#[test]
+fn an_idle_daemon_commits_nothing() {
+    let s = setup("tidle", "true", &[("a", "1")], "");
+    let metric = |name: &str| -> u64 {
+        let text = http(s.daemon.status, "GET", "/metrics", &[], b"").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (commits, passes) = (
+        metric("deployhook_journal_commits_total"),
+        metric("deployhook_retention_passes_total"),
+    );
+    // Retention runs twice a second; four passes over an idle journal write nothing.
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        "deployhook_retention_passes_total"
+    ) >= passes + 4));
+    assert_eq!(metric("deployhook_journal_commits_total"), commits);
+    let id = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&id, "READY", Duration::from_secs(30));
+    assert!(metric("deployhook_journal_commits_total") > commits);
+}

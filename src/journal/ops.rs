@@ -82,13 +82,21 @@ pub enum Outcome {
 impl Outcome {
     /// Whether the op changed the journal (so its batch is committed and logged).
     pub(super) fn changes(&self) -> bool {
-        !matches!(self, Outcome::NotFound | Outcome::NotApplicable)
+        match self {
+            Outcome::NotFound | Outcome::NotApplicable => false,
+            // A retention pass that found nothing to remove wrote nothing.
+            Outcome::Pruned(ids) => !ids.is_empty(),
+            _ => true,
+        }
     }
 }
 
 /// Figures the writer reports after each commit.
 pub struct CommitStats {
+    /// Ops in the batch.
     pub ops: usize,
+    /// Ops that changed the journal (none: nothing was written, the transaction was dropped).
+    pub wrote: usize,
     pub seconds: f64,
     pub ok: bool,
 }
@@ -98,12 +106,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_refusals_change_nothing() {
+    fn refusals_and_empty_retention_passes_change_nothing() {
         assert!(!Outcome::NotFound.changes());
         assert!(!Outcome::NotApplicable.changes());
         assert!(Outcome::HookCreated.changes());
         assert!(Outcome::Checkpointed.changes());
-        assert!(Outcome::Pruned(Vec::new()).changes());
+        assert!(!Outcome::Pruned(Vec::new()).changes());
+        assert!(Outcome::Pruned(vec!["J1".into()]).changes());
     }
 
     #[test]
