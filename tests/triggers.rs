@@ -97,6 +97,41 @@ fn every_failed_lookup_gets_the_same_404() {
         assert_eq!(r.header("Cache-Control"), Some("no-store"));
     }
     assert_eq!(unknown.json()["error"]["code"], "not_found");
+    // The operator's log says why each was refused, and never shows the secret.
+    let refusals = |d: &Daemon| -> Vec<String> {
+        d.log_text()
+            .lines()
+            .filter(|l| l.contains("trigger refused"))
+            .map(|l| l.split("status=").nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let mut d = d;
+    let got = refusals(&d);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[0].starts_with("404 (unknown secret)"), "{got:?}");
+    assert!(got[1].starts_with("404 (unknown secret)"), "{got:?}");
+    assert!(
+        got[2].starts_with(&format!(
+            "404 (project mismatch for {hook}: the URL names `blog`)"
+        )),
+        "{got:?}"
+    );
+    assert!(
+        got[3].starts_with(&format!("404 (revoked hook {hook})")),
+        "{got:?}"
+    );
+    assert!(!d.log_text().contains(&secret));
+    // The journal remembers a revoked secret across a crash and restart.
+    d.kill9();
+    d.restart();
+    assert_eq!(http(d.public, "POST", &path, &[], b"").body, reference);
+    let got = refusals(&d);
+    assert!(
+        got.last()
+            .unwrap()
+            .starts_with(&format!("404 (revoked hook {hook})")),
+        "{got:?}"
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::waiters::Waiters;
 use super::{ApiError, Reply};
 use crate::build::now_ms;
 use crate::config::is_project_name;
-use crate::journal::{Journal, Op, Outcome};
+use crate::journal::{Journal, Op, Outcome, SecretLookup};
 use crate::metrics::{Metrics, TriggerResult};
 use crate::secret;
 use serde_json::json;
@@ -90,11 +90,12 @@ impl Service for TriggerHandler {
                 let location = format!("{PATH_PREFIX}{}/{}/jobs/", path.project, path.secret);
                 self.journal.submit_then(op, move |result| {
                     answer.send(move || {
-                        conclude(&metrics, result.map_err(ApiError::from), &remote, &location)
+                        let result = result.map_err(|e| (ApiError::from(e), String::new()));
+                        conclude(&metrics, result, &remote, &location)
                     })
                 })
             }
-            Err(err) => answer.send(move || conclude(&metrics, Err(err), &remote, "")),
+            Err(refusal) => answer.send(move || conclude(&metrics, Err(refusal), &remote, "")),
         }
     }
 
@@ -178,14 +179,22 @@ fn preflight(req: &Request, allow: &'static str) -> Reply {
 }
 
 impl TriggerHandler {
-    /// The hook behind `secret`, if it is a live hook of `project`. Guessed secrets are turned
-    /// away from memory, never reaching the journal's writer.
-    fn hook_of(&self, project: &str, secret: &str) -> Option<String> {
+    /// The hook behind `secret` for a URL naming `project`. Guessed secrets are turned away
+    /// from memory, never reaching the journal's writer.
+    fn lookup(&self, project: &str, secret: &str) -> SecretLookup {
         if !is_project_name(project) || !secret::is_secret_shaped(secret) {
-            return None;
+            return SecretLookup::Unknown;
         }
         self.journal
-            .hook_for_secret(&secret::hash_secret(secret), project)
+            .lookup_secret(&secret::hash_secret(secret), project)
+    }
+
+    /// The live hook behind `secret`, if it is of `project`.
+    fn hook_of(&self, project: &str, secret: &str) -> Option<String> {
+        match self.lookup(project, secret) {
+            SecretLookup::Live(hook) => Some(hook),
+            _ => None,
+        }
     }
 
     /// A job of the hook behind the path's secret: answered now, or once it ends (long poll).
@@ -215,14 +224,28 @@ impl TriggerHandler {
         }
     }
 
-    /// The op that commits a job for the hook behind `secret`, or the refusal.
-    fn trigger_op(&self, project: &str, secret: &str) -> Result<Op, ApiError> {
-        if self.hook_of(project, secret).is_none() {
-            return Err(ApiError::NotFound);
+    /// The op that commits a job for the hook behind `secret`, or the refusal and, for the
+    /// operator's log, why.
+    fn trigger_op(&self, project: &str, secret: &str) -> Result<Op, (ApiError, String)> {
+        let refused = |why: String| Err((ApiError::NotFound, why));
+        match self.lookup(project, secret) {
+            SecretLookup::Live(_) => {}
+            SecretLookup::Unknown => return refused("unknown secret".into()),
+            SecretLookup::Revoked(hook) => return refused(format!("revoked hook {hook}")),
+            SecretLookup::OtherProject(hook) => {
+                return refused(format!(
+                    "project mismatch for {hook}: the URL names `{project}`"
+                ))
+            }
         }
         let hash = secret::hash_secret(secret);
         let now = now_ms();
-        let job_id = secret::new_job_id(now).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let job_id = secret::new_job_id(now).map_err(|e| {
+            (
+                ApiError::Internal(e.to_string()),
+                "no random id".to_string(),
+            )
+        })?;
         Ok(Op::Trigger {
             secret: hash,
             project: project.to_string(),
@@ -236,7 +259,7 @@ impl TriggerHandler {
 /// refusal. Counts and logs it (the access log names the hook and the job, never the secret).
 fn conclude(
     metrics: &Metrics,
-    outcome: Result<Outcome, ApiError>,
+    outcome: Result<Outcome, (ApiError, String)>,
     remote: &str,
     location: &str,
 ) -> Reply {
@@ -255,15 +278,29 @@ fn conclude(
             ))
             .with_header("Location", format!("{location}{}", job.id))
         }
-        Ok(_) => conclude(metrics, Err(ApiError::NotFound), remote, location),
-        Err(err) => {
+        // The writer found no live hook: it was revoked after the pre-check.
+        Ok(_) => conclude(
+            metrics,
+            Err((ApiError::NotFound, "hook revoked meanwhile".into())),
+            remote,
+            location,
+        ),
+        Err((err, why)) => {
             let result = match err {
                 ApiError::NotFound => TriggerResult::NotFound,
                 _ => TriggerResult::Unavailable,
             };
             metrics.trigger(result);
             let reply = err.reply();
-            log::info!("trigger refused status={} remote={remote}", reply.status);
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            };
+            log::info!(
+                "trigger refused status={}{why} remote={remote}",
+                reply.status
+            );
             cors(reply)
         }
     }

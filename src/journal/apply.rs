@@ -15,7 +15,7 @@ use super::ops::{Op, Outcome};
 use super::records::{hex, unhex, Hook, HookRow, Job, JobRow, JobState};
 use super::schema::{
     decode_hook, decode_job, encode, COUNTERS, HOOKS, HOOK_JOB_COUNTS, HOOK_SECRETS, JOBS,
-    JOBS_BY_HOOK, JOBS_BY_PROJECT, JOBS_BY_SEQ, OPEN_BY_HOOK, SEQ, WAL_SEQ,
+    JOBS_BY_HOOK, JOBS_BY_PROJECT, JOBS_BY_SEQ, OPEN_BY_HOOK, REVOKED_SECRETS, SEQ, WAL_SEQ,
 };
 use crate::secret::SecretHash;
 use redb::{ReadableTable, Table, WriteTransaction};
@@ -47,6 +47,8 @@ pub(super) fn apply_batch<'a>(
 struct Tables<'t> {
     hooks: Table<'t, &'static str, &'static [u8]>,
     secrets: Table<'t, &'static [u8], &'static str>,
+    /// Secrets of revoked hooks, kept for the log's reasons only.
+    revoked: Table<'t, &'static [u8], &'static str>,
     jobs: Table<'t, &'static str, &'static [u8]>,
     by_seq: Table<'t, u64, &'static str>,
     by_hook: Table<'t, (&'static str, u64), &'static str>,
@@ -79,6 +81,7 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             hooks: txn.open_table(HOOKS)?,
             secrets: txn.open_table(HOOK_SECRETS)?,
+            revoked: txn.open_table(REVOKED_SECRETS)?,
             jobs: txn.open_table(JOBS)?,
             by_seq: txn.open_table(JOBS_BY_SEQ)?,
             by_hook: txn.open_table(JOBS_BY_HOOK)?,
@@ -344,6 +347,7 @@ impl<'t> Tables<'t> {
         drop(raw);
         if let Some(secret) = unhex(&row.secret_sha256) {
             self.secrets.remove(&secret[..])?;
+            self.revoked.insert(&secret[..], id)?;
         }
         self.hook_cache.retain(|_, hook| hook.id != id);
         Ok(Outcome::HookRevoked)

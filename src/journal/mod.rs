@@ -57,10 +57,31 @@ pub const LOG_EXTENSION: &str = "wal";
 /// The open database, replaced by the writer when it has to be reopened (`None` meanwhile).
 type Slot = Arc<RwLock<Option<Arc<Database>>>>;
 
-/// Secret hash -> (hook id, project) of every hook, as committed: the request threads' check
-/// that a secret exists, without a read transaction per trigger. The writer updates it after a
-/// commit that creates or revokes a hook, before anyone hears of that commit.
-type SecretIndex = Arc<RwLock<HashMap<SecretHash, (String, String)>>>;
+/// Secret hash -> hook of every hook, as committed (revoked ones marked): the request threads'
+/// check that a secret exists, without a read transaction per trigger. The writer updates it
+/// after a commit that creates or revokes a hook, before anyone hears of that commit.
+type SecretIndex = Arc<RwLock<HashMap<SecretHash, SecretEntry>>>;
+
+/// What the index knows of one secret.
+#[derive(Clone, Debug)]
+pub(crate) struct SecretEntry {
+    hook: String,
+    /// The hook's project (empty for a revoked hook loaded at open: not needed).
+    project: String,
+    revoked: bool,
+}
+
+/// Why a secret does or does not name a live hook of a project: the answer is the same `404`
+/// for every refusal, but the operator's log says which it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretLookup {
+    Live(String),
+    /// The secret was a hook's, which has been revoked (or its secret rotated).
+    Revoked(String),
+    /// The hook exists but belongs to another project than the URL names.
+    OtherProject(String),
+    Unknown,
+}
 
 /// The shared handle: submit ops to the writer, read with read transactions.
 #[derive(Clone)]
@@ -176,16 +197,18 @@ impl Journal {
     /// Whether a hook with this secret exists and belongs to `project` (an in-memory pre-check
     /// that keeps guessed secrets away from the writer; the writer checks again).
     pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> bool {
-        self.hook_for_secret(secret, project).is_some()
+        matches!(self.lookup_secret(secret, project), SecretLookup::Live(_))
     }
 
-    /// The id of the live hook behind `secret`, if it is of `project`.
-    pub fn hook_for_secret(&self, secret: &SecretHash, project: &str) -> Option<String> {
+    /// The hook behind `secret`, for a URL naming `project`.
+    pub fn lookup_secret(&self, secret: &SecretHash, project: &str) -> SecretLookup {
         let secrets = self.secrets.read().unwrap_or_else(PoisonError::into_inner);
-        secrets
-            .get(secret)
-            .filter(|(_, p)| p == project)
-            .map(|(hook, _)| hook.clone())
+        match secrets.get(secret) {
+            None => SecretLookup::Unknown,
+            Some(e) if e.revoked => SecretLookup::Revoked(e.hook.clone()),
+            Some(e) if e.project != project => SecretLookup::OtherProject(e.hook.clone()),
+            Some(e) => SecretLookup::Live(e.hook.clone()),
+        }
     }
 }
 

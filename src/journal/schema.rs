@@ -7,6 +7,7 @@
 
 use super::error::JournalError;
 use super::records::{unhex, HookRow, JobRow};
+use super::SecretEntry;
 use crate::secret::SecretHash;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -19,6 +20,10 @@ const JOBS_NAME: &str = "jobs";
 
 pub(super) const HOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new(HOOKS_NAME);
 pub(super) const HOOK_SECRETS: TableDefinition<&[u8], &str> = TableDefinition::new("hook_secrets");
+/// Secrets of revoked hooks (SHA-256 -> hook id): only so that the log can say why a trigger
+/// was refused ("revoked hook hook_…" rather than "unknown secret"). Never accepted.
+pub(super) const REVOKED_SECRETS: TableDefinition<&[u8], &str> =
+    TableDefinition::new("revoked_secrets");
 pub(super) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new(JOBS_NAME);
 pub(super) const JOBS_BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("jobs_by_seq");
 pub(super) const JOBS_BY_HOOK: TableDefinition<(&str, u64), &str> =
@@ -74,6 +79,7 @@ pub(super) fn create_tables(db: &Database) -> Result<(), JournalError> {
     {
         txn.open_table(HOOKS)?;
         txn.open_table(HOOK_SECRETS)?;
+        txn.open_table(REVOKED_SECRETS)?;
         txn.open_table(JOBS)?;
         txn.open_table(JOBS_BY_SEQ)?;
         txn.open_table(JOBS_BY_HOOK)?;
@@ -89,7 +95,7 @@ pub(super) fn create_tables(db: &Database) -> Result<(), JournalError> {
 /// Every hook's secret hash, with its hook id and project, from the hooks table.
 pub(super) fn load_secrets(
     db: &Database,
-) -> Result<HashMap<SecretHash, (String, String)>, JournalError> {
+) -> Result<HashMap<SecretHash, SecretEntry>, JournalError> {
     let txn = db.begin_read()?;
     let hooks = txn.open_table(HOOKS)?;
     let mut out = HashMap::new();
@@ -97,7 +103,27 @@ pub(super) fn load_secrets(
         let (id, raw) = entry?;
         let row = decode_hook(id.value(), raw.value())?;
         if let Some(secret) = unhex(&row.secret_sha256) {
-            out.insert(secret, (row.hook.id, row.hook.project));
+            out.insert(
+                secret,
+                SecretEntry {
+                    hook: row.hook.id,
+                    project: row.hook.project,
+                    revoked: false,
+                },
+            );
+        }
+    }
+    // A journal made before revoked secrets were kept has no such table: nothing to load.
+    if let Ok(revoked) = txn.open_table(REVOKED_SECRETS) {
+        for entry in revoked.iter()? {
+            let (secret, hook) = entry?;
+            if let Ok(secret) = SecretHash::try_from(secret.value()) {
+                out.entry(secret).or_insert(SecretEntry {
+                    hook: hook.value().to_string(),
+                    project: String::new(),
+                    revoked: true,
+                });
+            }
         }
     }
     Ok(out)

@@ -18,7 +18,7 @@ use super::error::JournalError;
 use super::ops::{CommitStats, Op, Outcome};
 use super::schema::{open_database, COUNTERS, WAL_SEQ};
 use super::wal::{self, Wal};
-use super::{current, SecretIndex, Slot};
+use super::{current, SecretEntry, SecretIndex, Slot};
 use crossbeam_channel::Receiver;
 use redb::{Database, ReadableDatabase};
 use std::path::PathBuf;
@@ -197,16 +197,21 @@ impl Writer {
         for (submission, outcome) in batch.iter().zip(outcomes) {
             match (&submission.op, outcome) {
                 (Op::CreateHook { hook, secret }, Outcome::HookCreated) => {
+                    let entry = SecretEntry {
+                        hook: hook.id.clone(),
+                        project: hook.project.clone(),
+                        revoked: false,
+                    };
                     self.secrets
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(*secret, (hook.id.clone(), hook.project.clone()));
+                        .insert(*secret, entry);
                 }
                 (Op::RevokeHook { id }, Outcome::HookRevoked) => {
-                    self.secrets
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .retain(|_, (hook, _)| hook != id);
+                    let mut secrets = self.secrets.write().unwrap_or_else(PoisonError::into_inner);
+                    for entry in secrets.values_mut().filter(|e| e.hook == *id) {
+                        entry.revoked = true;
+                    }
                 }
                 _ => {}
             }
