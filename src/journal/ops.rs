@@ -50,6 +50,22 @@ pub enum Op {
     Prune {
         keep: usize,
     },
+    /// An operator's trigger (`hooks trigger`): as [`Op::Trigger`], for the hook with this id.
+    TriggerHook {
+        hook_id: String,
+        job_id: String,
+        now: u64,
+    },
+    /// Gives a hook a new secret; the old one is refused from this commit on.
+    RotateSecret {
+        id: String,
+        secret: SecretHash,
+    },
+    /// An operator's cancel (`jobs cancel`): PENDING or BUILDING -> CANCELED.
+    Cancel {
+        job_id: String,
+        now: u64,
+    },
     /// Changes nothing: proves the writer thread still answers (watchdog).
     Probe,
     /// Commits its batch to redb durably, so that the database file alone holds everything
@@ -67,6 +83,15 @@ pub enum Outcome {
     },
     HookCreated,
     HookRevoked,
+    /// The hook's secret was replaced; `old` is refused from now on.
+    SecretRotated {
+        old: SecretHash,
+    },
+    /// An operator canceled the job, which was in state `from`.
+    Canceled {
+        row: JobRow,
+        from: JobState,
+    },
     Started(JobRow),
     CommitSet,
     Finished(JobRow),

@@ -207,6 +207,18 @@ impl Writer {
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(*secret, entry);
                 }
+                (Op::RotateSecret { secret, .. }, Outcome::SecretRotated { old }) => {
+                    let mut secrets = self.secrets.write().unwrap_or_else(PoisonError::into_inner);
+                    let Some(entry) = secrets.get_mut(old) else {
+                        continue;
+                    };
+                    entry.revoked = true;
+                    let live = SecretEntry {
+                        revoked: false,
+                        ..entry.clone()
+                    };
+                    secrets.insert(*secret, live);
+                }
                 (Op::RevokeHook { id }, Outcome::HookRevoked) => {
                     let mut secrets = self.secrets.write().unwrap_or_else(PoisonError::into_inner);
                     for entry in secrets.values_mut().filter(|e| e.hook == *id) {

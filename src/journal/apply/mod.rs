@@ -10,12 +10,14 @@
 //!   scans; the per-state and per-hook counters move with every change they count.
 //! - An op sees the changes of the ops before it in its batch.
 
+mod hooks;
+
 use super::error::JournalError;
 use super::ops::{Op, Outcome};
-use super::records::{hex, unhex, Hook, HookRow, Job, JobRow, JobState};
+use super::records::{Hook, Job, JobRow, JobState};
 use super::schema::{
-    decode_hook, decode_job, encode, COUNTERS, HOOKS, HOOK_JOB_COUNTS, HOOK_SECRETS, JOBS,
-    JOBS_BY_HOOK, JOBS_BY_PROJECT, JOBS_BY_SEQ, OPEN_BY_HOOK, REVOKED_SECRETS, SEQ, WAL_SEQ,
+    decode_job, encode, COUNTERS, HOOKS, HOOK_JOB_COUNTS, HOOK_SECRETS, JOBS, JOBS_BY_HOOK,
+    JOBS_BY_PROJECT, JOBS_BY_SEQ, OPEN_BY_HOOK, REVOKED_SECRETS, SEQ, WAL_SEQ,
 };
 use crate::secret::SecretHash;
 use redb::{ReadableTable, Table, WriteTransaction};
@@ -137,6 +139,29 @@ impl<'t> Tables<'t> {
                 job_id,
                 now,
             } => self.trigger(secret, project, job_id, *now),
+            Op::TriggerHook {
+                hook_id,
+                job_id,
+                now,
+            } => match self.hook_by_id(hook_id)? {
+                Some(hook) => self.trigger_hook(hook, job_id, *now),
+                None => Ok(Outcome::NotFound),
+            },
+            Op::RotateSecret { id, secret } => self.rotate_secret(id, secret),
+            Op::Cancel { job_id, now } => self.update_job(job_id, |row| {
+                let from = row.job.state;
+                if from.is_terminal() {
+                    return None;
+                }
+                row.job.state = JobState::Canceled;
+                row.job.canceled_by = None;
+                row.job.error = Some("canceled by operator".into());
+                row.job.finished_at = Some(*now);
+                Some(Outcome::Canceled {
+                    row: row.clone(),
+                    from,
+                })
+            }),
             Op::CreateHook { hook, secret } => self.create_hook(hook, secret),
             Op::RevokeHook { id } => self.revoke_hook(id),
             Op::Start { job_id, now } => self.update_job(job_id, |row| {
@@ -248,23 +273,6 @@ impl<'t> Tables<'t> {
         Ok(outcome)
     }
 
-    /// The hook behind a secret; found hooks are remembered for the rest of the batch, which
-    /// often holds many triggers of one hook.
-    fn hook_by_secret(&mut self, secret: &SecretHash) -> Result<Option<Arc<Hook>>, JournalError> {
-        if let Some(hook) = self.hook_cache.get(secret) {
-            return Ok(Some(hook.clone()));
-        }
-        let Some(id) = self.secrets.get(&secret[..])? else {
-            return Ok(None);
-        };
-        let Some(raw) = self.hooks.get(id.value())? else {
-            return Ok(None);
-        };
-        let hook = Arc::new(decode_hook(id.value(), raw.value())?.hook);
-        self.hook_cache.insert(*secret, hook.clone());
-        Ok(Some(hook))
-    }
-
     fn trigger(
         &mut self,
         secret: &SecretHash,
@@ -272,12 +280,20 @@ impl<'t> Tables<'t> {
         job_id: &str,
         now: u64,
     ) -> Result<Outcome, JournalError> {
-        let Some(hook) = self.hook_by_secret(secret)? else {
-            return Ok(Outcome::NotFound);
-        };
-        if hook.project != project {
-            return Ok(Outcome::NotFound);
+        match self.hook_by_secret(secret)? {
+            Some(hook) if hook.project == project => self.trigger_hook(hook, job_id, now),
+            _ => Ok(Outcome::NotFound),
         }
+    }
+
+    /// A new PENDING job of `hook`; the hook's open job, if any, is canceled by it.
+    fn trigger_hook(
+        &mut self,
+        hook: Arc<Hook>,
+        job_id: &str,
+        now: u64,
+    ) -> Result<Outcome, JournalError> {
+        let project = hook.project.as_str();
         let hook_id = hook.id.clone();
         // Newest wins: the hook's open job, if any, is canceled by this one.
         let previous = self
@@ -326,31 +342,6 @@ impl<'t> Tables<'t> {
         self.open.insert(hook_id.as_str(), job_id)?;
         *self.unflushed.hook_jobs.entry(hook_id).or_default() += 1;
         Ok(Outcome::Triggered { row, superseded })
-    }
-
-    fn create_hook(&mut self, hook: &Hook, secret: &SecretHash) -> Result<Outcome, JournalError> {
-        let row = HookRow {
-            secret_sha256: hex(secret),
-            hook: hook.clone(),
-        };
-        let bytes = encode("a hook row", &row)?;
-        self.hooks.insert(hook.id.as_str(), bytes.as_slice())?;
-        self.secrets.insert(&secret[..], hook.id.as_str())?;
-        Ok(Outcome::HookCreated)
-    }
-
-    fn revoke_hook(&mut self, id: &str) -> Result<Outcome, JournalError> {
-        let Some(raw) = self.hooks.remove(id)? else {
-            return Ok(Outcome::NotFound);
-        };
-        let row = decode_hook(id, raw.value())?;
-        drop(raw);
-        if let Some(secret) = unhex(&row.secret_sha256) {
-            self.secrets.remove(&secret[..])?;
-            self.revoked.insert(&secret[..], id)?;
-        }
-        self.hook_cache.retain(|_, hook| hook.id != id);
-        Ok(Outcome::HookRevoked)
     }
 
     fn prune(&mut self, keep: usize) -> Result<Outcome, JournalError> {
@@ -521,34 +512,54 @@ mod tests {
     }
 
     #[test]
-    fn wrong_project_and_revoked_secret_are_not_found() {
+    fn an_operator_triggers_by_hook_id_and_cancels_open_jobs_only() {
         let (_d, j) = journal();
         hook(&j, "hook_a", "s1");
-        let out = j
-            .submit(Op::Trigger {
-                secret: hash_secret("s1"),
-                project: "other".into(),
-                job_id: "J1".into(),
-                now: 1,
+        let by_id = |job: &str| {
+            j.submit(Op::TriggerHook {
+                hook_id: "hook_a".into(),
+                job_id: job.into(),
+                now: 5,
             })
-            .unwrap();
-        assert_eq!(out, Outcome::NotFound);
-        assert!(j.secret_matches(&hash_secret("s1"), "site"));
-        assert_eq!(
-            j.submit(Op::RevokeHook {
-                id: "hook_a".into()
+            .unwrap()
+        };
+        assert!(matches!(
+            by_id("J1"),
+            Outcome::Triggered {
+                superseded: None,
+                ..
+            }
+        ));
+        let cancel = |job: &str| {
+            j.submit(Op::Cancel {
+                job_id: job.into(),
+                now: 6,
             })
-            .unwrap(),
-            Outcome::HookRevoked
-        );
-        assert_eq!(trigger(&j, "s1", "J2"), Outcome::NotFound);
-        assert!(!j.secret_matches(&hash_secret("s1"), "site"));
-        assert_eq!(
-            j.submit(Op::RevokeHook {
-                id: "hook_a".into()
-            })
-            .unwrap(),
-            Outcome::NotFound
-        );
+            .unwrap()
+        };
+        let Outcome::Canceled { row, from } = cancel("J1") else {
+            panic!()
+        };
+        assert_eq!(from, JobState::Pending);
+        assert_eq!(row.job.state, JobState::Canceled);
+        assert_eq!(row.job.canceled_by, None);
+        assert_eq!(row.job.error.as_deref(), Some("canceled by operator"));
+        assert!(open_ids(&j).is_empty());
+        assert_eq!(cancel("J1"), Outcome::NotApplicable);
+        assert_eq!(cancel("J9"), Outcome::NotFound);
+        // The next trigger finds no open job to supersede.
+        assert!(matches!(
+            by_id("J2"),
+            Outcome::Triggered {
+                superseded: None,
+                ..
+            }
+        ));
+        let no_hook = j.submit(Op::TriggerHook {
+            hook_id: "hook_b".into(),
+            job_id: "J3".into(),
+            now: 7,
+        });
+        assert_eq!(no_hook.unwrap(), Outcome::NotFound);
     }
 }
