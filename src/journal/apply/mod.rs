@@ -402,7 +402,6 @@ mod tests {
     use super::*;
     use crate::journal::testing::{hook, hook_op, journal, open_ids, trigger, trigger_op, Dir};
     use crate::journal::{JobFilter, Journal};
-    use crate::secret::hash_secret;
 
     #[test]
     fn one_batch_sees_its_own_jobs_and_revocations() {
