@@ -2,7 +2,9 @@
 //! Output is for people by default and JSON with `--json`; a hook URL is printed alone on
 //! stdout so that `URL=$(deployhook hooks create …)` works.
 
-use crate::admin::protocol::{Answer, Created, Hooks, Request, Revoked, MAX_LINE_BYTES};
+use crate::admin::protocol::{
+    Answer, Canceled, Created, Hooks, Request, Revoked, Rotated, Triggered, MAX_LINE_BYTES,
+};
 use crate::config::Config;
 use crate::journal::Job;
 use crate::timefmt::utc;
@@ -151,13 +153,22 @@ fn call<T: DeserializeOwned>(
     }
 }
 
-pub fn hooks_create(
-    config: &Config,
-    project: &str,
-    name: &str,
-    branch: &str,
-    json: bool,
-) -> Result<(), ClientError> {
+/// What `hooks create` asks for.
+pub struct NewHook<'a> {
+    pub project: &'a str,
+    pub name: &'a str,
+    pub branch: &'a str,
+    /// Check that the branch exists (`git ls-remote`) before creating the hook.
+    pub verify: bool,
+}
+
+pub fn hooks_create(config: &Config, new: &NewHook, json: bool) -> Result<(), ClientError> {
+    let NewHook {
+        project,
+        name,
+        branch,
+        verify,
+    } = *new;
     // The daemon checks again against the config it runs with (reloaded or not).
     if !config.projects.contains_key(project) {
         let known: Vec<&str> = config.projects.keys().map(String::as_str).collect();
@@ -173,6 +184,7 @@ pub fn hooks_create(
             project: project.into(),
             name: name.into(),
             branch: branch.into(),
+            verify,
         },
     )?;
     if json {
@@ -223,6 +235,44 @@ pub fn hooks_list(config: &Config, json: bool) -> Result<(), ClientError> {
 pub fn hooks_revoke(config: &Config, id: &str) -> Result<(), ClientError> {
     let Revoked { revoked } = admin_of(config, &Request::Revoke { id: id.into() })?;
     println!("revoked {revoked}");
+    Ok(())
+}
+
+/// `hooks trigger`: prints the job as the hook URL's `201` body would (JSON with `--json`).
+pub fn hooks_trigger(config: &Config, id: &str, json: bool) -> Result<(), ClientError> {
+    let Triggered { job } = admin_of(config, &Request::Trigger { id: id.into() })?;
+    if json {
+        println!("{}", serde_json::json!({ "job": job }));
+    } else {
+        println!("{}", job.id);
+        eprintln!("queued job {} of {id}", job.id);
+    }
+    Ok(())
+}
+
+/// `hooks rotate`: prints the new URL alone on stdout, shown only this once.
+pub fn hooks_rotate(config: &Config, id: &str, json: bool) -> Result<(), ClientError> {
+    let Rotated { hook, url } = admin_of(config, &Request::Rotate { id: id.into() })?;
+    if json {
+        println!("{}", serde_json::json!({"hook": hook, "url": url}));
+    } else {
+        println!("{url}");
+        eprintln!(
+            "new secret for {}; the old URL is refused from now on; the new one is shown only now",
+            hook.id
+        );
+    }
+    Ok(())
+}
+
+/// `jobs cancel`: PENDING or BUILDING -> CANCELED.
+pub fn jobs_cancel(config: &Config, job: &str, json: bool) -> Result<(), ClientError> {
+    let Canceled { job } = admin_of(config, &Request::Cancel { job: job.into() })?;
+    if json {
+        println!("{}", serde_json::json!({ "job": job }));
+    } else {
+        println!("canceled {}", job.id);
+    }
     Ok(())
 }
 

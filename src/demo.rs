@@ -135,6 +135,7 @@ fn announce(socket: &Path, status: SocketAddr, repo: &Path, deploy: &Path, confi
         project: "example".into(),
         name: "demo hook".into(),
         branch: "main".into(),
+        verify: true,
     };
     let Created { hook, url } = loop {
         match crate::client::admin(socket, &req) {

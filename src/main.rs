@@ -42,13 +42,16 @@ enum Command {
     Demo,
     /// Validate a config file; problems go to stderr with file:line, exit status 78
     CheckConfig(ConfigArg),
-    /// Create, list and revoke hooks on the running daemon
+    /// Create, list, trigger, rotate and revoke hooks on the running daemon
     Hooks {
         #[command(subcommand)]
         command: HooksCommand,
     },
-    /// List jobs from the running daemon's status listener
+    /// List jobs from the running daemon's status listener; `jobs cancel` cancels one
+    #[command(args_conflicts_with_subcommands = true)]
     Jobs {
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
         /// Only this hook's jobs (hook_…)
         #[arg(long, value_parser = args::hook_id)]
         hook: Option<String>,
@@ -88,6 +91,9 @@ enum HooksCommand {
         name: String,
         #[arg(long, value_parser = args::branch)]
         branch: String,
+        /// Skip checking that the branch exists in the repository (git ls-remote)
+        #[arg(long)]
+        no_verify: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -104,6 +110,37 @@ enum HooksCommand {
     Revoke {
         #[arg(value_parser = args::hook_id)]
         hook_id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Trigger a hook as if its URL were called; prints the new job's id (JSON: the 201 body)
+    Trigger {
+        #[arg(value_parser = args::hook_id)]
+        hook_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Give a hook a new secret; prints the new URL once; the old URL is refused at once
+    Rotate {
+        #[arg(value_parser = args::hook_id)]
+        hook_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Cancel a PENDING or BUILDING job (a build is stopped as a newer trigger would stop it)
+    Cancel {
+        #[arg(value_parser = args::job_id)]
+        job_id: String,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -162,9 +199,28 @@ fn run(command: Command) -> Result<(), Failure> {
                 project,
                 name,
                 branch,
+                no_verify,
                 json,
                 config,
-            } => client::hooks_create(&load(&config)?, &project, &name, &branch, json),
+            } => {
+                let new = client::NewHook {
+                    project: &project,
+                    name: &name,
+                    branch: &branch,
+                    verify: !no_verify,
+                };
+                client::hooks_create(&load(&config)?, &new, json)
+            }
+            HooksCommand::Trigger {
+                hook_id,
+                json,
+                config,
+            } => client::hooks_trigger(&load(&config)?, &hook_id, json),
+            HooksCommand::Rotate {
+                hook_id,
+                json,
+                config,
+            } => client::hooks_rotate(&load(&config)?, &hook_id, json),
             HooksCommand::List { json, config } => client::hooks_list(&load(&config)?, json),
             HooksCommand::Revoke { hook_id, config } => {
                 client::hooks_revoke(&load(&config)?, &hook_id)
@@ -172,6 +228,16 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         .map_err(Failure::Client),
         Command::Jobs {
+            command:
+                Some(JobsCommand::Cancel {
+                    job_id,
+                    json,
+                    config,
+                }),
+            ..
+        } => client::jobs_cancel(&load(&config)?, &job_id, json).map_err(Failure::Client),
+        Command::Jobs {
+            command: None,
             hook,
             project,
             state,

@@ -176,8 +176,8 @@ fn clone_failures_are_error_with_gits_message_in_the_log() {
         ],
     );
     let d = Daemon::start(&config);
-    let (_, missing_branch) = d.create_hook("site", "no-such-branch");
-    let (_, missing_repo) = d.create_hook("gone", "main");
+    let (_, missing_branch) = d.create_hook_unverified("site", "no-such-branch");
+    let (_, missing_repo) = d.create_hook_unverified("gone", "main");
     let a = d.trigger(&missing_branch);
     let b = d.trigger(&missing_repo);
     for id in [&a, &b] {
@@ -219,7 +219,7 @@ fn git_never_prompts() {
         )],
     );
     let d = Daemon::start(&config);
-    let (_, path) = d.create_hook("site", "main");
+    let (_, path) = d.create_hook_unverified("site", "main");
     let id = d.trigger(&path);
     d.wait_state(&id, "ERROR", T);
 }

@@ -6,6 +6,7 @@
 //! `create`; the journal keeps its SHA-256. Threads: `admin` accepts, one short-lived
 //! `admin-conn` thread per connection answers.
 
+mod operator;
 pub mod protocol;
 
 use crate::build::now_ms;
@@ -47,6 +48,16 @@ pub enum AdminError {
     NotAHookId(String),
     /// No hook has this id (it never existed or was revoked already).
     NoSuchHook(String),
+    /// `cancel` was given something that is not shaped like a job id.
+    NotAJobId(String),
+    /// No job has this id (it never existed or was pruned).
+    NoSuchJob(String),
+    /// `cancel` named a job that has ended already.
+    JobEnded { job: String, state: &'static str },
+    /// `create` named a branch the repository does not have.
+    NoSuchBranch { repo: String, branch: String },
+    /// `create` could not ask the repository whether the branch exists.
+    BranchUnchecked { repo: String, why: String },
     /// The operating system gave no random bytes for a hook id or secret.
     Random(RandomError),
     /// The journal did not take the write; nothing changed.
@@ -80,6 +91,24 @@ impl fmt::Display for AdminError {
                 )
             }
             AdminError::NoSuchHook(id) => write!(f, "no hook with id {id}"),
+            AdminError::NotAJobId(id) => {
+                write!(f, "`{id}` is not a job id (20 letters or digits)")
+            }
+            AdminError::NoSuchJob(id) => write!(f, "no job with id {id}"),
+            AdminError::JobEnded { job, state } => write!(
+                f,
+                "job {job} is {state} already; only PENDING or BUILDING jobs can be canceled"
+            ),
+            AdminError::NoSuchBranch { repo, branch } => write!(
+                f,
+                "the repository {repo} has no branch `{branch}` (git ls-remote); push it first, \
+                 or pass --no-verify to create the hook anyway"
+            ),
+            AdminError::BranchUnchecked { repo, why } => write!(
+                f,
+                "cannot check the branch in {repo}: {why}; fix the repository's access, or pass \
+                 --no-verify to create the hook anyway"
+            ),
             AdminError::Random(e) => write!(f, "{e}"),
             AdminError::Journal(e) => write!(f, "{e}"),
             AdminError::JournalRead(e) => write!(f, "{e}"),
@@ -321,26 +350,43 @@ impl Admin {
                 project,
                 name,
                 branch,
-            } => line(self.create(project, name, branch)),
+                verify,
+            } => line(self.create(project, name, branch, verify)),
             Request::List => line(self.list()),
             Request::Revoke { id } => line(self.revoke(id)),
+            Request::Trigger { id } => line(self.trigger(id)),
+            Request::Rotate { id } => line(self.rotate(id)),
+            Request::Cancel { job } => line(self.cancel(job)),
         }
     }
 
-    fn create(&self, project: String, name: String, branch: String) -> Result<Created, AdminError> {
-        let config = self
-            .config
+    /// The configuration the daemon runs with now.
+    fn config(&self) -> Arc<Config> {
+        self.config
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if !config.projects.contains_key(&project) {
+            .clone()
+    }
+
+    fn create(
+        &self,
+        project: String,
+        name: String,
+        branch: String,
+        verify: bool,
+    ) -> Result<Created, AdminError> {
+        let config = self.config();
+        let Some(spec) = config.projects.get(&project) else {
             return Err(AdminError::UnknownProject {
                 project,
                 known: config.projects.keys().cloned().collect(),
             });
-        }
+        };
         let name = check_hook_name(&name)?;
         check_branch(&branch)?;
+        if verify {
+            operator::verify_branch(spec, &branch)?;
+        }
         let id = secret::new_hook_id()?;
         let clear = secret::new_secret()?;
         let hook = Hook {

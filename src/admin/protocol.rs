@@ -6,7 +6,7 @@
 //! ([`Answer`]). Which result type answers which request is fixed by [`Request`]'s doc lines;
 //! the CLI asks for that type when it reads the answer.
 
-use crate::journal::Hook;
+use crate::journal::{Hook, Job};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -17,16 +17,62 @@ pub const MAX_LINE_BYTES: u64 = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    /// Creates a hook; answered with [`Created`].
+    /// Creates a hook; answered with [`Created`]. Unless `verify` is false, the branch must
+    /// exist in the project's repository (`git ls-remote`).
     Create {
         project: String,
         name: String,
         branch: String,
+        /// Absent (an older client) means true.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        verify: bool,
     },
     /// Lists every hook; answered with [`Hooks`].
     List,
     /// Revokes a hook; answered with [`Revoked`].
     Revoke { id: String },
+    /// Triggers a hook as its URL would; answered with [`Triggered`].
+    Trigger { id: String },
+    /// Gives a hook a new secret; answered with [`Rotated`].
+    Rotate { id: String },
+    /// Cancels a PENDING or BUILDING job; answered with [`Canceled`].
+    Cancel { job: String },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+/// The answer to [`Request::Trigger`]: the same body as a hook URL's `201`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Triggered {
+    pub job: NewJob,
+}
+
+/// A job as a trigger's answer shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NewJob {
+    pub id: String,
+    pub state: String,
+    pub created_at: u64,
+}
+
+/// The answer to [`Request::Rotate`]: the hook and its new URL, shown only this once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rotated {
+    pub hook: Hook,
+    pub url: String,
+}
+
+/// The answer to [`Request::Cancel`]: the job as it now is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Canceled {
+    pub job: Job,
 }
 
 /// The answer to [`Request::Create`]: the new hook and its URL, the only time the secret is
@@ -149,7 +195,8 @@ mod tests {
             Request::Create {
                 project: "p".into(),
                 name: "n".into(),
-                branch: "b".into()
+                branch: "b".into(),
+                verify: true,
             }
         );
         assert_eq!(Request::List.to_line().unwrap(), "{\"op\":\"list\"}\n");

@@ -381,7 +381,30 @@ impl Daemon {
     }
 
     pub fn create_hook(&self, project: &str, branch: &str) -> (String, String) {
-        let out = self.hooks_create(project, &format!("{project} {branch}"), branch, true);
+        self.create_hook_with(project, branch, &[])
+    }
+
+    /// A hook whose branch is not checked against the repository (`--no-verify`): for tests of
+    /// what a build does with a missing branch or an unreachable repository.
+    pub fn create_hook_unverified(&self, project: &str, branch: &str) -> (String, String) {
+        self.create_hook_with(project, branch, &["--no-verify"])
+    }
+
+    fn create_hook_with(&self, project: &str, branch: &str, extra: &[&str]) -> (String, String) {
+        let name = format!("{project} {branch}");
+        let mut args = vec![
+            "hooks",
+            "create",
+            "--project",
+            project,
+            "--name",
+            &name,
+            "--branch",
+            branch,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
         assert!(
             out.status.success(),
             "{}",
