@@ -66,6 +66,9 @@ fn startup(what: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn serve(config_path: &Path) -> Result<(), DaemonError> {
     let config = config::load(config_path).map_err(DaemonError::Config)?;
+    for warning in config.projects.values().flat_map(config::Project::warnings) {
+        log::warn!("{}: {warning}", config.path.display());
+    }
     run(config)
 }
 

@@ -3,6 +3,7 @@
 //! Under systemd (stderr is the journal stream named by `$JOURNAL_STREAM`) a line carries a
 //! syslog priority prefix (`<3>` error … `<7>` debug) and no timestamp, since journald adds its
 //! own; `journalctl -p err` then finds errors. Elsewhere a line starts with a UTC timestamp.
+//! A password in a URL never reaches the log: every line goes through [`crate::redact`].
 
 use log::Level;
 use std::io::Write;
@@ -12,11 +13,13 @@ pub fn init() {
     let journald = stderr_is_journal();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
+            let text = record.args().to_string();
+            let text = crate::redact::url_passwords(&text);
             if journald {
-                writeln!(buf, "<{}>{}", priority(record.level()), record.args())
+                writeln!(buf, "<{}>{text}", priority(record.level()))
             } else {
                 let ts = buf.timestamp_seconds();
-                writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
+                writeln!(buf, "{ts} {:<5} {text}", record.level())
             }
         })
         .init();

@@ -154,6 +154,9 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Demo => demo::run().map_err(Failure::Daemon),
         Command::CheckConfig(arg) => {
             let c = load(&arg)?;
+            for warning in c.projects.values().flat_map(config::Project::warnings) {
+                eprintln!("{}: warning: {warning}", c.path.display());
+            }
             println!("{}: OK ({} projects)", c.path.display(), c.projects.len());
             Ok(())
         }
