@@ -159,14 +159,34 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Whether loading a config opens the projects' key, credential and env files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Files {
+    /// Refuse a file that cannot be read (`serve`, `check-config`, a reload).
+    Read,
+    /// Leave them alone: the client commands need addresses only, and their user may not be
+    /// allowed to read the daemon's secrets.
+    Skip,
+}
+
+/// Loads the config for the daemon or `check-config`: every file it names must be readable.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Files::Read)
+}
+
+/// Loads the config for a client command (`hooks`, `jobs`, `logs`).
+pub fn load_for_client(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Files::Skip)
+}
+
+fn load_with(path: &Path, files: Files) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         line: None,
         key: None,
         message: unreadable(path, &e),
     })?;
-    parse(path, &text)
+    parse_with(path, &text, files)
 }
 
 /// Why a config file cannot be read. A missing default file most often means "no config given
@@ -252,7 +272,11 @@ impl<'de> Deserialize<'de> for Whole {
 
 /// Parses config text; `path` is used for messages and to resolve relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let checker = Checker { path, text };
+    parse_with(path, text, Files::Read)
+}
+
+fn parse_with(path: &Path, text: &str, files: Files) -> Result<Config, ConfigError> {
+    let checker = Checker { path, text, files };
     let (doc, errors) = DeTable::parse_recoverable(text);
     if let Some(e) = errors.first() {
         return Err(checker.toml_error(doc.get_ref(), e));
@@ -297,6 +321,7 @@ fn key_path(table: &DeTable<'_>, offset: usize) -> Option<Vec<String>> {
 struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
+    files: Files,
 }
 
 impl Checker<'_> {
@@ -595,6 +620,9 @@ impl Checker<'_> {
             return Err(self.error(key, at, "must not be empty"));
         }
         let path = base.join(value.get_ref());
+        if self.files == Files::Skip {
+            return Ok(Some(path));
+        }
         let readable = std::fs::File::open(&path)
             .and_then(|f| f.metadata())
             .and_then(|m| match m.is_file() {

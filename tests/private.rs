@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -154,4 +154,371 @@ fn a_password_in_the_repo_url_works_and_never_shows() {
         "{error}"
     );
     assert_no_token(&every_output(&d, &[&ok, &failed]));
+}
+
+/// Appends `lines` to the `[projects.NAME]` table that [`write_config`] wrote last for `name`.
+fn add_to_project(config: &Path, name: &str, lines: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let header = format!("[projects.{name}]\n");
+    let at = text.find(&header).unwrap() + header.len();
+    let text = format!("{}{lines}\n{}", &text[..at], &text[at..]);
+    std::fs::write(config, text).unwrap();
+}
+
+fn write_file(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_git_credentials_file_is_git_s_only_helper_and_stays_as_written() {
+    let dir = TempDir::new("gitcred");
+    served_repo(dir.path(), &[("index.html", "private")]);
+    let server = git_http(dir.path());
+    let url = format!("http://127.0.0.1:{}/site.git", server.port);
+    let good = format!("http://{USER}:{TOKEN}@127.0.0.1:{}\n", server.port);
+    let wrong = format!("http://{USER}:not-the-token@127.0.0.1:{}\n", server.port);
+    write_file(&dir.path().join("secrets/site.git-credentials"), &good);
+    write_file(&dir.path().join("secrets/wrong.git-credentials"), &wrong);
+    let specs = ["site", "wrong", "none"]
+        .map(|name| ProjectSpec::new(name, Path::new(&url), "cat index.html"));
+    let config = write_config(dir.path(), "", &specs);
+    add_to_project(
+        &config,
+        "site",
+        "git_credentials = \"secrets/site.git-credentials\"",
+    );
+    add_to_project(
+        &config,
+        "wrong",
+        "git_credentials = \"secrets/wrong.git-credentials\"",
+    );
+
+    let d = Daemon::start(&config);
+    let jobs: Vec<String> = ["site", "wrong", "none"]
+        .iter()
+        .map(|p| d.trigger(&d.create_hook(p, "main").1))
+        .collect();
+    d.wait_state(&jobs[0], "READY", T);
+    assert!(d.job_log(&jobs[0]).contains("private"));
+    for failed in &jobs[1..] {
+        let job = d.wait_state(failed, "ERROR", T);
+        let error = job["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("git fetch failed (exited with status 128): fatal:"),
+            "{error}"
+        );
+    }
+    // git rejects a credential that failed; the file must not lose it.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("secrets/wrong.git-credentials")).unwrap(),
+        wrong
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("secrets/site.git-credentials")).unwrap(),
+        good
+    );
+    let ids: Vec<&str> = jobs.iter().map(String::as_str).collect();
+    assert_no_token(&every_output(&d, &ids));
+
+    // Read again at each job start: once gone, the job fails naming the file.
+    let file = dir.path().join("secrets/site.git-credentials");
+    std::fs::remove_file(&file).unwrap();
+    let (_, path) = d.create_hook("site", "main");
+    let gone = d.trigger(&path);
+    let job = d.wait_state(&gone, "ERROR", T);
+    assert_eq!(
+        job["error"].as_str().unwrap(),
+        format!(
+            "cannot read the project's git_credentials file {}: No such file or directory (os error 2)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn env_file_values_reach_the_build_and_are_masked_in_its_log() {
+    let dir = TempDir::new("envfile");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let out = dir.path().join("seen.txt");
+    let build = format!(
+        "echo \"token is $API_TOKEN and pin $PIN\"; printf 'half %s' \"$API_TOKEN\"; \
+         printf '%s' \"$API_TOKEN\" > {}",
+        out.display()
+    );
+    let config = write_config(
+        dir.path(),
+        "",
+        &[ProjectSpec::new("site", &repo.path, &build)],
+    );
+    write_file(
+        &dir.path().join("secrets/site.env"),
+        &format!("# build secrets\n\nAPI_TOKEN={TOKEN}\nPIN=123\n"),
+    );
+    add_to_project(&config, "site", "env_file = \"secrets/site.env\"");
+
+    let d = Daemon::start(&config);
+    let (_, path) = d.create_hook("site", "main");
+    let id = d.trigger(&path);
+    d.wait_state(&id, "READY", T);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), TOKEN);
+    let log = d.job_log(&id);
+    assert!(log.contains("\ntoken is *** and pin 123\n"), "{log}");
+    // The last line has no newline: it is masked too.
+    assert!(log.contains("\nhalf ***"), "{log}");
+    assert_no_token(&every_output(&d, &[&id]));
+
+    // Read again at each job start.
+    let env = dir.path().join("secrets/site.env");
+    std::fs::remove_file(&env).unwrap();
+    let id = d.trigger(&path);
+    let job = d.wait_state(&id, "ERROR", T);
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "cannot read the project's env_file file {}:",
+            env.display()
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_secret_file_is_refused_by_check_config_and_serve() {
+    let dir = TempDir::new("secretgone");
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    for (key, file) in [
+        ("ssh_key", "keys/site"),
+        ("known_hosts", "keys/known_hosts"),
+        ("git_credentials", "secrets/site.git-credentials"),
+        ("env_file", "secrets/site.env"),
+    ] {
+        let config = write_config(
+            dir.path(),
+            "",
+            &[ProjectSpec::new("site", &repo.path, "true")],
+        );
+        add_to_project(&config, "site", &format!("{key} = \"{file}\""));
+        let full = dir.path().join(file);
+        for command in ["check-config", "serve"] {
+            let out = Command::new(BIN)
+                .args([command, "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{command} {key}: {stderr}");
+            assert!(
+                stderr.contains(&format!("key `projects.site.{key}`"))
+                    && stderr.contains(&format!("cannot read {}", full.display())),
+                "{command} {key}: {stderr}"
+            );
+        }
+    }
+}
+
+/// `sshd` on a loopback port with its own host key, key-only logins for the current user.
+struct Sshd {
+    server: Option<Server>,
+    dir: PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &Path, host_key: &Path, port: Option<u16>) -> Sshd {
+        // As root, sshd insists on its privilege separation directory.
+        if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
+            std::fs::create_dir_all("/run/sshd").unwrap();
+        }
+        for _ in 0..5 {
+            let port = port.unwrap_or_else(|| {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                probe.local_addr().unwrap().port()
+            });
+            let config = dir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
+                     PubkeyAuthentication yes\nPasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\nPidFile none\n",
+                    host_key.display(),
+                    dir.join("authorized_keys").display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("sshd runs (Debian package openssh-server)");
+            let stderr = child.stderr.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+            let server = Server { child, port };
+            let mut said = Vec::new();
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+                if line.contains("Server listening on") {
+                    std::thread::spawn(move || for _ in rx {});
+                    return Sshd {
+                        server: Some(server),
+                        dir: dir.to_path_buf(),
+                    };
+                }
+                said.push(line);
+            }
+            eprintln!("sshd on port {port} did not start: {said:?}");
+        }
+        panic!("sshd does not start");
+    }
+
+    fn port(&self) -> u16 {
+        self.server.as_ref().unwrap().port
+    }
+
+    /// Stops sshd and starts it again on the same port with another host key.
+    fn restart_with(&mut self, host_key: &Path) {
+        let port = self.port();
+        self.server = None;
+        *self = Sshd::start(&self.dir.clone(), host_key, Some(port));
+    }
+}
+
+fn keygen(path: &Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// `[127.0.0.1]:PORT TYPE KEY`, a known_hosts line for a host key.
+fn known_hosts_line(host_key: &Path, port: u16) -> String {
+    let public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
+    let mut fields = public.split_whitespace();
+    let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+    format!("[127.0.0.1]:{port} {kind} {key}\n")
+}
+
+fn fingerprint(host_key: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-l", "-f"])
+        .arg(host_key.with_extension("pub"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn an_ssh_key_reaches_a_real_sshd_trusting_its_host_key_on_first_use() {
+    let dir = TempDir::new("sshkey");
+    let repo = served_repo(dir.path(), &[("index.html", "over ssh")]);
+    let sshd_dir = dir.path().join("sshd");
+    std::fs::create_dir_all(&sshd_dir).unwrap();
+    let (host_a, host_b) = (sshd_dir.join("host_a"), sshd_dir.join("host_b"));
+    keygen(&host_a);
+    keygen(&host_b);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    keygen(&dir.path().join("keys/site"));
+    std::fs::copy(
+        dir.path().join("keys/site.pub"),
+        sshd_dir.join("authorized_keys"),
+    )
+    .unwrap();
+    let mut sshd = Sshd::start(&sshd_dir, &host_a, None);
+    let port = sshd.port();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let url = format!(
+        "ssh://{}@127.0.0.1:{port}{}",
+        user.trim(),
+        dir.path().join("srv/site.git").display()
+    );
+    let specs = ["site", "pinned", "mispinned"]
+        .map(|name| ProjectSpec::new(name, Path::new(&url), "cat index.html"));
+    let config = write_config(dir.path(), "", &specs);
+    for name in ["site", "pinned", "mispinned"] {
+        add_to_project(&config, name, "ssh_key = \"keys/site\"");
+    }
+    write_file(
+        &dir.path().join("keys/known_hosts"),
+        &known_hosts_line(&host_b, port),
+    );
+    write_file(
+        &dir.path().join("keys/old_hosts"),
+        &known_hosts_line(&host_a, port),
+    );
+    add_to_project(&config, "pinned", "known_hosts = \"keys/known_hosts\"");
+    add_to_project(&config, "mispinned", "known_hosts = \"keys/old_hosts\"");
+
+    let d = Daemon::start(&config);
+    let (_, site) = d.create_hook("site", "main");
+    let first = d.trigger(&site);
+    d.wait_state(&first, "READY", T);
+    let log = d.job_log(&first);
+    assert!(log.contains("over ssh"), "{log}");
+    let known_hosts = d.state_dir().join("known_hosts");
+    let trusted = format!(
+        "[deployhook] trusted a new SSH host key on first use, added to {}: 256 {} [127.0.0.1]:{port} (ED25519)",
+        known_hosts.display(),
+        fingerprint(&host_a)
+    );
+    assert!(log.contains(&trusted), "{trusted:?} not in:\n{log}");
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        known_hosts_line(&host_a, port)
+    );
+
+    // A new commit, the same host key: fetched, nothing newly trusted.
+    let head = repo.commit(&[("index.html", "second")], "second");
+    git(&repo.path, &["push", "-q", "../srv/site.git", "main"]);
+    let second = d.trigger(&site);
+    let job = d.wait_state(&second, "READY", T);
+    assert_eq!(job["commit"], head.as_str());
+    assert!(!d.job_log(&second).contains("trusted a new"));
+
+    // The server's host key changes: the job fails, saying which file to fix.
+    sshd.restart_with(&host_b);
+    let changed = d.trigger(&site);
+    let job = d.wait_state(&changed, "ERROR", T);
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("SSH host key of the repository's server changed")
+            && error.contains(&format!("ssh-keygen -R HOST -f {}", known_hosts.display())),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        known_hosts_line(&host_a, port),
+        "a changed key must not be trusted"
+    );
+
+    // A pinned file is checked strictly: the right key works, a stale one fails.
+    let (_, pinned) = d.create_hook("pinned", "main");
+    let ok = d.trigger(&pinned);
+    d.wait_state(&ok, "READY", T);
+    assert!(!d.job_log(&ok).contains("trusted a new"));
+    let (_, mispinned) = d.create_hook("mispinned", "main");
+    let stale = d.trigger(&mispinned);
+    let job = d.wait_state(&stale, "ERROR", T);
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "does not match the pinned known_hosts file {}",
+            dir.path().join("keys/old_hosts").display()
+        )),
+        "{error}"
+    );
 }
