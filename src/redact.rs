@@ -2,9 +2,9 @@
 //!
 //! Two kinds of secret are hidden. A password in a URL's userinfo (`https://USER:TOKEN@host/…`)
 //! is found by its shape in any text and shown as `https://USER:***@host/…`, so it needs no
-//! configuration. Known values (an `env_file`'s values, 4 bytes or longer) are replaced by `***`
-//! wherever they occur. Both work on bytes: build output need not be UTF-8, and replacing
-//! ASCII-delimited spans of valid UTF-8 keeps it valid.
+//! configuration. Known values (an `env_file`'s values, 4 characters or longer) are replaced
+//! by `***` wherever they occur. Both work on bytes: build output need not be UTF-8, and
+//! replacing ASCII-delimited spans of valid UTF-8 keeps it valid.
 //!
 //! Build output reaches the job log in arbitrary chunks, so [`Masker`] masks whole lines: it
 //! holds a partial line until its newline, the end of the output, or [`MAX_PARTIAL`] bytes.
@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 /// What a hidden secret is shown as.
 pub const MASK: &str = "***";
-/// Values shorter than this are not masked: they would hide common words and digits.
+/// Values of fewer characters are not masked: they would hide common words and digits.
 pub const MIN_SECRET_LEN: usize = 4;
 /// The longest partial line held back while waiting for its newline. A longer line is masked
 /// and written in pieces of this size (a secret split across two pieces is not recognised).
@@ -130,8 +130,8 @@ impl Masker {
     /// Adds values to hide from now on; those shorter than [`MIN_SECRET_LEN`] are ignored.
     pub fn hide<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
         for value in values {
-            if value.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|s| s == value.as_bytes())
-            {
+            let long_enough = value.chars().count() >= MIN_SECRET_LEN;
+            if long_enough && !self.secrets.iter().any(|s| s == value.as_bytes()) {
                 self.secrets.push(value.as_bytes().to_vec());
             }
         }
@@ -229,10 +229,10 @@ mod tests {
     #[test]
     fn known_values_are_masked_longest_first_and_short_ones_kept() {
         let mut m = Masker::default();
-        m.hide(["hunter2", "hunter2-extended", "abc", ""]);
+        m.hide(["hunter2", "hunter2-extended", "abc", "", "çé"]);
         assert_eq!(
-            m.text("pw=hunter2-extended; pw=hunter2; abc"),
-            "pw=***; pw=***; abc"
+            m.text("pw=hunter2-extended; pw=hunter2; abc çé"),
+            "pw=***; pw=***; abc çé"
         );
         assert_eq!(m.text("https://u:abc@h/"), "https://u:***@h/");
     }
