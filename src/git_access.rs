@@ -170,8 +170,9 @@ impl GitAccess {
             HostKeys::TrustOnFirstUse(file) if changed => Some(format!(
                 "the SSH host key of the repository's server changed since it was first trusted \
                  ({}); if the change is expected, remove the host's line from that file \
-                 (ssh-keygen -R HOST -f {}) and trigger again",
+                 (ssh-keygen -R {} -f {}) and trigger again",
                 file.display(),
+                recent.changed_host().as_deref().unwrap_or("HOST"),
                 file.display()
             )),
             HostKeys::Pinned(file) if changed || unknown => Some(format!(
@@ -278,6 +279,15 @@ impl RecentLines {
         self.0.iter().any(|l| l.contains(needle))
     }
 
+    /// The host ssh named in `Host key for HOST has changed …`, quoted for a shell.
+    fn changed_host(&self) -> Option<String> {
+        self.0.iter().find_map(|l| {
+            let rest = l.split_once("Host key for ")?.1;
+            let host = rest.split_once(" has changed")?.0;
+            Some(shell_quote(host))
+        })
+    }
+
     fn last_starting_with(&self, prefix: &str) -> Option<String> {
         self.0
             .iter()
@@ -351,6 +361,9 @@ mod tests {
     fn a_changed_host_key_names_the_file_to_fix() {
         let mut recent = RecentLines::default();
         recent.push(b"@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n");
+        recent.push(
+            b"Host key for [127.0.0.1]:2222 has changed and you have requested strict checking.\n",
+        );
         recent.push(b"Host key verification failed.\n");
         recent.push(b"fatal: Could not read from remote repository.\n");
         let access = |host_keys| GitAccess {
@@ -361,7 +374,11 @@ mod tests {
         };
         let tofu = access(HostKeys::TrustOnFirstUse("/s/known_hosts".into()));
         let why = tofu.explain(&recent).unwrap();
-        assert!(why.contains("changed") && why.contains("ssh-keygen -R HOST -f /s/known_hosts"));
+        assert!(
+            why.contains("changed")
+                && why.contains("ssh-keygen -R '[127.0.0.1]:2222' -f /s/known_hosts"),
+            "{why}"
+        );
         let pinned = access(HostKeys::Pinned("/k/hosts".into()));
         assert!(pinned
             .explain(&recent)

@@ -496,7 +496,10 @@ fn an_ssh_key_reaches_a_real_sshd_trusting_its_host_key_on_first_use() {
     let error = job["error"].as_str().unwrap();
     assert!(
         error.contains("SSH host key of the repository's server changed")
-            && error.contains(&format!("ssh-keygen -R HOST -f {}", known_hosts.display())),
+            && error.contains(&format!(
+                "ssh-keygen -R '[127.0.0.1]:{port}' -f {}",
+                known_hosts.display()
+            )),
         "{error}"
     );
     assert_eq!(
