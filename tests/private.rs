@@ -283,16 +283,29 @@ fn env_file_values_reach_the_build_and_are_masked_in_its_log() {
     );
 }
 
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().unwrap().stdout == b"0\n"
+}
+
 #[test]
-fn a_missing_secret_file_is_refused_by_check_config_and_serve() {
+fn a_missing_or_unreadable_secret_file_is_refused_by_check_config_and_serve() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("secretgone");
     let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
-    for (key, file) in [
+    // Root reads any file: the unreadable case is checked when the tests run unprivileged.
+    let locked = dir.path().join("secrets/locked.env");
+    write_file(&locked, "A=b\n");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cases = vec![
         ("ssh_key", "keys/site"),
         ("known_hosts", "keys/known_hosts"),
         ("git_credentials", "secrets/site.git-credentials"),
         ("env_file", "secrets/site.env"),
-    ] {
+    ];
+    if !is_root() {
+        cases.push(("env_file", "secrets/locked.env"));
+    }
+    for (key, file) in cases {
         let config = write_config(
             dir.path(),
             "",
@@ -326,7 +339,7 @@ struct Sshd {
 impl Sshd {
     fn start(dir: &Path, host_key: &Path, port: Option<u16>) -> Sshd {
         // As root, sshd insists on its privilege separation directory.
-        if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
+        if is_root() {
             std::fs::create_dir_all("/run/sshd").unwrap();
         }
         for _ in 0..5 {
