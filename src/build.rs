@@ -915,6 +915,8 @@ mod tests {
         log.line("start");
         log.output(&[b'x'; 2000]);
         log.output(b"more");
+        // Output is written by whole lines: the last one when its command's output ends.
+        log.end_of_output();
         log.line("end");
         drop(log);
         let text = std::fs::read_to_string(&path).unwrap();

@@ -7,7 +7,8 @@
 //! replacing ASCII-delimited spans of valid UTF-8 keeps it valid.
 //!
 //! Build output reaches the job log in arbitrary chunks, so [`Masker`] masks whole lines: it
-//! holds a partial line until its newline, the end of the output, or [`MAX_PARTIAL`] bytes.
+//! holds a partial line until its newline (or carriage return), the end of the output, or
+//! [`MAX_PARTIAL`] bytes.
 
 use std::borrow::Cow;
 
@@ -147,9 +148,10 @@ impl Masker {
         }
     }
 
-    /// Takes a chunk of output; calls `emit` with each complete line (newline included), masked.
+    /// Takes a chunk of output; calls `emit` with each complete line (its end included),
+    /// masked. A carriage return ends a line too, so that progress meters stream.
     pub fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(&[u8])) {
-        while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
+        while let Some(nl) = chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
             let (line, rest) = chunk.split_at(nl + 1);
             chunk = rest;
             if self.partial.is_empty() {
@@ -259,6 +261,9 @@ mod tests {
             ],
         );
         assert_eq!(out, b"one ***\ntwo http://u:***@h/\nthree ***");
+        let mut lines = Vec::new();
+        m.push(b"10% s3cr3t-value\r20%\r\n", |l| lines.push(l.to_vec()));
+        assert_eq!(lines, [&b"10% ***\r"[..], b"20%\r", b"\n"]);
     }
 
     #[test]
