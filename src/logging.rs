@@ -13,8 +13,7 @@ pub fn init() {
     let journald = stderr_is_journal();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
-            let text = record.args().to_string();
-            let text = crate::redact::url_passwords(&text);
+            let text = message(record.args());
             if journald {
                 writeln!(buf, "<{}>{text}", priority(record.level()))
             } else {
@@ -23,6 +22,15 @@ pub fn init() {
             }
         })
         .init();
+}
+
+/// A record's text as it is logged: any URL password hidden.
+fn message(args: &std::fmt::Arguments<'_>) -> String {
+    let text = args.to_string();
+    match crate::redact::url_passwords(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(redacted) => redacted,
+    }
 }
 
 /// The syslog priority of a log level.
@@ -53,6 +61,18 @@ fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_passwords_never_reach_the_log() {
+        let token = "glpat-abcdef";
+        assert_eq!(
+            message(&format_args!(
+                "fetching https://oauth2:{token}@git.example.com/site.git"
+            )),
+            "fetching https://oauth2:***@git.example.com/site.git"
+        );
+        assert_eq!(message(&format_args!("job={} READY", 7)), "job=7 READY");
+    }
 
     #[test]
     fn priorities_follow_syslog() {
