@@ -80,7 +80,8 @@ impl Project {
         if crate::redact::has_url_password(&self.repo) {
             warnings.push(format!(
                 "key `projects.{}.repo`: the URL holds a password ({}); it is hidden in logs, \
-                 but prefer `git_credentials` (a credential-store file read only by deployhook)",
+                 but git's command line shows it to local users while it runs: prefer \
+                 `git_credentials` (a credential-store file read only by deployhook)",
                 self.name,
                 crate::redact::url_passwords(&self.repo)
             ));
