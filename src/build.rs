@@ -11,8 +11,10 @@
 //! `DEPLOYHOOK_JOB_ID` in their environment and killed too.
 
 use crate::config::{Config, Project};
+use crate::git_access::{GitAccess, RecentLines};
 use crate::journal::{JobState, Journal, Op, Outcome};
 use crate::metrics::Metrics;
+use crate::redact;
 use crate::scheduler::{Assignment, Event, QueuedJob};
 use crate::sys::{self, Signal};
 /// For the benchmarks, which time cancellation and checkouts with them.
@@ -116,12 +118,16 @@ pub fn worker(ctx: Context, pool: Receiver<Assignment>) {
     }
 }
 
-/// The job's log file: deployhook's own lines always, build output up to the cap.
+/// The job's log file: deployhook's own lines always, build output up to the cap; every line
+/// masked on its way in ([`redact::Masker`]).
 struct Log {
     file: Option<File>,
     written: u64,
     cap: u64,
     truncated: bool,
+    masker: redact::Masker,
+    /// The last lines of the running command's output, for its error message.
+    recent: RecentLines,
 }
 
 type SharedLog = Arc<Mutex<Log>>;
@@ -151,6 +157,8 @@ impl Log {
             written,
             cap,
             truncated: false,
+            masker: redact::Masker::default(),
+            recent: RecentLines::default(),
         }
     }
 
@@ -163,10 +171,26 @@ impl Log {
     }
 
     fn line(&mut self, text: &str) {
+        let text = self.masker.text(text);
         self.raw(format!("[deployhook] {text}\n").as_bytes());
     }
 
+    /// A chunk of a command's output, written line by line once masked.
     fn output(&mut self, bytes: &[u8]) {
+        let mut masker = std::mem::take(&mut self.masker);
+        masker.push(bytes, |line| self.masked_output(line));
+        self.masker = masker;
+    }
+
+    /// The end of a command's output: its last line, even without a newline.
+    fn end_of_output(&mut self) {
+        let mut masker = std::mem::take(&mut self.masker);
+        masker.finish(|line| self.masked_output(line));
+        self.masker = masker;
+    }
+
+    fn masked_output(&mut self, bytes: &[u8]) {
+        self.recent.push(bytes);
         if self.truncated {
             return;
         }
@@ -183,6 +207,15 @@ impl Log {
             ));
         }
     }
+}
+
+/// `text` with the job's secrets masked, as its log shows them.
+fn mask(log: &SharedLog, text: &str) -> String {
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .masker
+        .text(text)
+        .into_owned()
 }
 
 fn say(log: &SharedLog, text: &str) {
@@ -280,7 +313,8 @@ fn run_job(ctx: &Context, job: &QueuedJob, control: &Control) {
         let _ = ctx.janitor.send(dir);
     }
     match verdict {
-        Some(v) => {
+        Some(mut v) => {
+            v.error = v.error.map(|e| mask(&log, &e));
             let status = v.error.as_deref().unwrap_or("ok");
             say(
                 &log,
@@ -337,6 +371,7 @@ struct Steps<'a> {
     deadline: Instant,
     grace: Duration,
     env: &'a [(String, String)],
+    access: &'a GitAccess,
 }
 
 impl Steps<'_> {
@@ -347,12 +382,17 @@ impl Steps<'_> {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         say(self.log, &format!("$ git {}", shown.join(" ")));
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recent
+            .clear();
         let mut cmd = Command::new("git");
         cmd.args(args)
             .env_clear()
             .envs(self.env.iter().cloned())
+            .envs(self.access.env.iter().cloned())
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
             .env("DEPLOYHOOK_JOB_ID", self.job_id)
             .current_dir(cwd);
         run_step(
@@ -367,13 +407,26 @@ impl Steps<'_> {
 }
 
 /// The verdict of a failed git step, or `Some(None)` when the job was stopped meanwhile.
-fn git_failure(step: Step, what: &str, project: &Project) -> Option<Option<Verdict>> {
+/// The error carries git's own reason ([`GitAccess::explain`]) when its output gave one.
+fn git_failure(
+    step: Step,
+    what: &str,
+    project: &Project,
+    steps: &Steps,
+) -> Option<Option<Verdict>> {
     match step {
         Step::Exited(status) if status.success() => None,
-        Step::Exited(status) => Some(Some(Verdict::error(format!(
-            "{what} failed ({}); see the log",
-            describe(status)
-        )))),
+        Step::Exited(status) => {
+            let log = steps.log.lock().unwrap_or_else(PoisonError::into_inner);
+            let why = match steps.access.explain(&log.recent) {
+                Some(why) => format!(": {why}"),
+                None => String::new(),
+            };
+            Some(Some(Verdict::error(format!(
+                "{what} failed ({}){why}; see the log",
+                describe(status)
+            ))))
+        }
         Step::SpawnFailed(e) => Some(Some(Verdict::error(format!("cannot run git: {e}")))),
         Step::Stopped(reason) => Some(stopped(reason, project)),
     }
@@ -422,11 +475,12 @@ fn checkout(
                 &mirror,
                 &["init".as_ref(), "--quiet".as_ref(), "--bare".as_ref()],
             );
-            if let Some(v) = git_failure(init, "git init of the mirror", project) {
+            if let Some(v) = git_failure(init, "git init of the mirror", project, steps) {
                 return Some(v);
             }
         }
         remove_stale_locks(&mirror);
+        let known_hosts = steps.access.known_hosts_before();
         let fetch = steps.git(
             &mirror,
             &[
@@ -440,7 +494,10 @@ fn checkout(
                 branch_ref.as_ref(),
             ],
         );
-        match git_failure(fetch, "git fetch", project) {
+        for line in steps.access.newly_trusted(&known_hosts) {
+            say(steps.log, &line);
+        }
+        match git_failure(fetch, "git fetch", project, steps) {
             None => break,
             Some(Some(_)) if attempt == 0 && mirror_is_damaged(&mirror, steps) => {
                 say(
@@ -467,7 +524,7 @@ fn checkout(
             dir.as_os_str(),
         ],
     );
-    git_failure(clone, "git clone", project)
+    git_failure(clone, "git clone", project, steps)
 }
 
 /// Whether the mirror itself is broken (as opposed to the remote or the branch being wrong).
@@ -529,6 +586,14 @@ fn build_in(
         )));
     }
     let base_env = base_env(config);
+    let access = match GitAccess::prepare(config, project) {
+        Ok(access) => access,
+        Err(e) => return Some(Verdict::error(e.to_string())),
+    };
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .masker
+        .hide(access.secrets.iter().map(String::as_str));
 
     let steps = Steps {
         log,
@@ -537,6 +602,7 @@ fn build_in(
         deadline,
         grace,
         env: &base_env,
+        access: &access,
     };
     if let Some(verdict) = checkout(config, project, job, dir, &steps) {
         return verdict;
@@ -567,6 +633,7 @@ fn build_in(
         .env_clear()
         .envs(base_env.iter().cloned())
         .envs(&project.env)
+        .envs(access.build_env.iter().cloned())
         .env("DEPLOYHOOK_JOB_ID", &job.id)
         .env("DEPLOYHOOK_HOOK_ID", &job.hook_id)
         .env("DEPLOYHOOK_HOOK_NAME", &job.hook_name)
@@ -726,6 +793,9 @@ fn start_pump(mut reader: io::PipeReader, log: SharedLog) -> Receiver<()> {
                     Err(_) => break,
                 }
             }
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .end_of_output();
             let _ = done_tx.send(());
         });
     if let Err(e) = spawned {
@@ -845,6 +915,8 @@ mod tests {
         log.line("start");
         log.output(&[b'x'; 2000]);
         log.output(b"more");
+        // Output is written by whole lines: the last one when its command's output ends.
+        log.end_of_output();
         log.line("end");
         drop(log);
         let text = std::fs::read_to_string(&path).unwrap();

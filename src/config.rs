@@ -63,6 +63,43 @@ pub struct Project {
     pub build: String,
     pub timeout: Duration,
     pub env: BTreeMap<String, String>,
+    /// Private key for git over SSH, used alone (`ssh_key`).
+    pub ssh_key: Option<PathBuf>,
+    /// Pinned host keys (`known_hosts`); without it, `state_dir/known_hosts` on first use.
+    pub known_hosts: Option<PathBuf>,
+    /// git credential-store file, git's only credential helper (`git_credentials`).
+    pub git_credentials: Option<PathBuf>,
+    /// `KEY=VALUE` secrets for the build, masked in its log (`env_file`).
+    pub env_file: Option<PathBuf>,
+}
+
+impl Project {
+    /// What `check-config` and `serve` warn about: valid, but not advisable.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if crate::redact::has_url_password(&self.repo) {
+            warnings.push(format!(
+                "key `projects.{}.repo`: the URL holds a password ({}); it is hidden in logs, \
+                 but git's command line shows it to local users while it runs: prefer \
+                 `git_credentials` (a credential-store file read only by deployhook)",
+                self.name,
+                crate::redact::url_passwords(&self.repo)
+            ));
+        }
+        warnings
+    }
+
+    /// The files a project reads at each job start, with their config keys.
+    pub fn secret_files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        [
+            ("ssh_key", &self.ssh_key),
+            ("known_hosts", &self.known_hosts),
+            ("git_credentials", &self.git_credentials),
+            ("env_file", &self.env_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| Some((key, path.as_deref()?)))
+    }
 }
 
 impl Config {
@@ -123,14 +160,34 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Whether loading a config opens the projects' key, credential and env files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Files {
+    /// Refuse a file that cannot be read (`serve`, `check-config`, a reload).
+    Read,
+    /// Leave them alone: the client commands need addresses only, and their user may not be
+    /// allowed to read the daemon's secrets.
+    Skip,
+}
+
+/// Loads the config for the daemon or `check-config`: every file it names must be readable.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Files::Read)
+}
+
+/// Loads the config for a client command (`hooks`, `jobs`, `logs`).
+pub fn load_for_client(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Files::Skip)
+}
+
+fn load_with(path: &Path, files: Files) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         line: None,
         key: None,
         message: unreadable(path, &e),
     })?;
-    parse(path, &text)
+    parse_with(path, &text, files)
 }
 
 /// Why a config file cannot be read. A missing default file most often means "no config given
@@ -171,6 +228,10 @@ struct RawProject {
     build: Option<Spanned<String>>,
     timeout_secs: Option<Spanned<Whole>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
+    ssh_key: Option<Spanned<String>>,
+    known_hosts: Option<Spanned<String>>,
+    git_credentials: Option<Spanned<String>>,
+    env_file: Option<Spanned<String>>,
 }
 
 /// A whole number (0 or more) in the file. Its own deserializer so that a wrong value is
@@ -212,7 +273,11 @@ impl<'de> Deserialize<'de> for Whole {
 
 /// Parses config text; `path` is used for messages and to resolve relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let checker = Checker { path, text };
+    parse_with(path, text, Files::Read)
+}
+
+fn parse_with(path: &Path, text: &str, files: Files) -> Result<Config, ConfigError> {
+    let checker = Checker { path, text, files };
     let (doc, errors) = DeTable::parse_recoverable(text);
     if let Some(e) = errors.first() {
         return Err(checker.toml_error(doc.get_ref(), e));
@@ -257,6 +322,7 @@ fn key_path(table: &DeTable<'_>, offset: usize) -> Option<Vec<String>> {
 struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
+    files: Files,
 }
 
 impl Checker<'_> {
@@ -519,28 +585,58 @@ impl Checker<'_> {
         };
         let env_error = |message: String| self.error(&key("env"), env_at, message);
         for name in env.keys() {
-            let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !name.as_bytes()[0].is_ascii_digit();
-            if !valid {
-                return Err(env_error(format!("`{name}` is not a valid variable name")));
-            }
-            if name.starts_with("DEPLOYHOOK_") {
-                return Err(env_error(format!(
-                    "`{name}`: DEPLOYHOOK_* variables are set by deployhook"
-                )));
-            }
+            crate::env_file::is_user_variable(name).map_err(env_error)?;
         }
         if env.values().any(|v| v.contains('\0')) {
             return Err(env_error("values must not contain NUL".into()));
         }
+        let file = |k: &str, value| self.secret_file(base, &key(k), value);
+        let env_file = file("env_file", raw.env_file)?;
         Ok(Project {
             repo: resolve_repo(base, &repo),
             name,
             build,
             timeout: Duration::from_secs(timeout_secs),
             env,
+            ssh_key: file("ssh_key", raw.ssh_key)?,
+            known_hosts: file("known_hosts", raw.known_hosts)?,
+            git_credentials: file("git_credentials", raw.git_credentials)?,
+            env_file,
         })
+    }
+
+    /// A key, credential or env file: resolved against the config folder, and refused unless
+    /// it is a file deployhook can read now (an env file must also parse).
+    fn secret_file(
+        &self,
+        base: &Path,
+        key: &str,
+        value: Option<Spanned<String>>,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let at = value.span().start;
+        if value.get_ref().is_empty() {
+            return Err(self.error(key, at, "must not be empty"));
+        }
+        let path = base.join(value.get_ref());
+        if self.files == Files::Skip {
+            return Ok(Some(path));
+        }
+        let readable = std::fs::File::open(&path)
+            .and_then(|f| f.metadata())
+            .and_then(|m| match m.is_file() {
+                true => Ok(()),
+                false => Err(std::io::Error::other("not a regular file")),
+            });
+        if let Err(e) = readable {
+            return Err(self.error(key, at, format!("cannot read {}: {e}", path.display())));
+        }
+        if key.ends_with(".env_file") {
+            crate::env_file::read(&path).map_err(|e| self.error(key, at, e.to_string()))?;
+        }
+        Ok(Some(path))
     }
 }
 
@@ -829,6 +925,54 @@ mod tests {
             "/etc/dh/deployhook.toml:1: key `admin_group`: there is no group `dh-no-such-group` \
              on this system; create it (groupadd dh-no-such-group) or remove the setting"
         );
+    }
+
+    #[test]
+    fn secret_files_must_be_readable_and_are_named_with_their_key() {
+        let dir = std::env::temp_dir().join(format!("dh-config-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        std::fs::write(dir.join("keys/site"), "key").unwrap();
+        std::fs::write(dir.join("site.env"), "TOKEN=abcd\n").unwrap();
+        let path = dir.join("deployhook.toml");
+        let text = "[projects.site]\nrepo = \"git@h:s.git\"\nbuild = \"m\"\n\
+                    ssh_key = \"keys/site\"\nenv_file = \"site.env\"\n";
+        let c = parse(&path, text).unwrap();
+        let p = &c.projects["site"];
+        assert_eq!(p.ssh_key.as_deref(), Some(dir.join("keys/site").as_path()));
+        assert_eq!(p.env_file.as_deref(), Some(dir.join("site.env").as_path()));
+        for (line, key) in [
+            ("git_credentials = \"secrets/gone\"", "git_credentials"),
+            ("known_hosts = \"keys\"", "known_hosts"),
+        ] {
+            let err = parse(&path, &format!("{text}{line}\n")).unwrap_err();
+            assert_eq!(err.line, Some(6), "{err}");
+            assert_eq!(err.key.as_deref(), Some(&*format!("projects.site.{key}")));
+            assert!(err.message.starts_with("cannot read /"), "{err}");
+        }
+        std::fs::write(dir.join("site.env"), "not a variable\n").unwrap();
+        let err = parse(&path, text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("projects.site.env_file"));
+        assert!(
+            err.message.ends_with("site.env:1: expected KEY=VALUE"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_password_in_the_repo_url_is_warned_about_and_hidden() {
+        let c = parse_str("[projects.site]\nrepo = \"https://u:TOK3N@h/s.git\"\nbuild = \"m\"\n")
+            .unwrap();
+        let warnings = c.projects["site"].warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("https://u:***@h/s.git"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("git_credentials") && !warnings[0].contains("TOK3N"));
+        assert!(parse_str(MINIMAL).unwrap().projects["site"]
+            .warnings()
+            .is_empty());
     }
 
     #[test]

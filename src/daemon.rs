@@ -66,7 +66,15 @@ fn startup(what: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn serve(config_path: &Path) -> Result<(), DaemonError> {
     let config = config::load(config_path).map_err(DaemonError::Config)?;
+    log_warnings(&config);
     run(config)
+}
+
+/// Logs what the config allows but advises against (a password in a repo URL).
+fn log_warnings(config: &Config) {
+    for warning in config.projects.values().flat_map(config::Project::warnings) {
+        log::warn!("{}: {warning}", config.path.display());
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, DaemonError> {
@@ -428,6 +436,7 @@ fn reload(path: &Path, shared: &RwLock<Arc<Config>>) {
     notify::reloading();
     match config::load(path) {
         Ok(new) => {
+            log_warnings(&new);
             let mut guard = shared.write().unwrap_or_else(PoisonError::into_inner);
             let old = guard.clone();
             let fixed = [

@@ -179,8 +179,9 @@ impl Failure {
     }
 }
 
+/// The config as the client commands need it: addresses and paths, not the projects' secrets.
 fn load(arg: &ConfigArg) -> Result<config::Config, Failure> {
-    config::load(&config::resolve_path(arg.config.as_deref())).map_err(Failure::Config)
+    config::load_for_client(&config::resolve_path(arg.config.as_deref())).map_err(Failure::Config)
 }
 
 fn run(command: Command) -> Result<(), Failure> {
@@ -190,7 +191,11 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Demo => demo::run().map_err(Failure::Daemon),
         Command::CheckConfig(arg) => {
-            let c = load(&arg)?;
+            let path = config::resolve_path(arg.config.as_deref());
+            let c = config::load(&path).map_err(Failure::Config)?;
+            for warning in c.projects.values().flat_map(config::Project::warnings) {
+                eprintln!("{}: warning: {warning}", c.path.display());
+            }
             println!("{}: OK ({} projects)", c.path.display(), c.projects.len());
             Ok(())
         }
