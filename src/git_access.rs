@@ -128,6 +128,26 @@ impl GitAccess {
         })
     }
 
+    /// The git environment for a look at the repository that must not change what is
+    /// trusted (`hooks create`'s branch check): a host key met for the first time is accepted
+    /// into a copy of the trust-on-first-use file in `scratch`, so that the first job still
+    /// trusts it and writes its fingerprint to its log.
+    pub fn probe_env(&self, project: &Project, scratch: &Path) -> Vec<(String, String)> {
+        let HostKeys::TrustOnFirstUse(file) = &self.host_keys else {
+            return self.env.clone();
+        };
+        let copy = scratch.join(KNOWN_HOSTS);
+        let _ = std::fs::copy(file, &copy);
+        let ssh = ssh_command(project.ssh_key.as_deref(), &HostKeys::TrustOnFirstUse(copy));
+        self.env
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "GIT_SSH_COMMAND" => (k.clone(), ssh.clone()),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect()
+    }
+
     /// The trust-on-first-use file's lines now, to find what a fetch added.
     pub fn known_hosts_before(&self) -> HashSet<String> {
         match &self.host_keys {

@@ -133,7 +133,7 @@ fn a_password_in_the_repo_url_works_and_never_shows() {
     let d = Daemon::start(&config);
     assert!(d.wait_log("git_credentials", T), "{}", d.log_text());
     let (_, site_path) = d.create_hook("site", "main");
-    let (_, gone_path) = d.create_hook("gone", "main");
+    let (_, gone_path) = d.create_hook_unverified("gone", "main");
     let ok = d.trigger(&site_path);
     let failed = d.trigger(&gone_path);
     d.wait_state(&ok, "READY", T);
@@ -197,7 +197,7 @@ fn a_git_credentials_file_is_git_s_only_helper_and_stays_as_written() {
     let d = Daemon::start(&config);
     let jobs: Vec<String> = ["site", "wrong", "none"]
         .iter()
-        .map(|p| d.trigger(&d.create_hook(p, "main").1))
+        .map(|p| d.trigger(&d.create_hook_unverified(p, "main").1))
         .collect();
     d.wait_state(&jobs[0], "READY", T);
     assert!(d.job_log(&jobs[0]).contains("private"));
@@ -209,6 +209,16 @@ fn a_git_credentials_file_is_git_s_only_helper_and_stays_as_written() {
             "{error}"
         );
     }
+    // hooks create asks the repository with the same access as a build: the wrong token is
+    // refused there too, and the right one lets it check the branch.
+    let out = d.hooks_create("wrong", "w", "main", false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot check the branch in") && err.contains("Authentication failed"),
+        "{err}"
+    );
+    assert!(d.hooks_create("site", "s", "main", false).status.success());
     // git rejects a credential that failed; the file must not lose it.
     assert_eq!(
         std::fs::read_to_string(dir.path().join("secrets/wrong.git-credentials")).unwrap(),
@@ -224,7 +234,7 @@ fn a_git_credentials_file_is_git_s_only_helper_and_stays_as_written() {
     // Read again at each job start: once gone, the job fails naming the file.
     let file = dir.path().join("secrets/site.git-credentials");
     std::fs::remove_file(&file).unwrap();
-    let (_, path) = d.create_hook("site", "main");
+    let (_, path) = d.create_hook_unverified("site", "main");
     let gone = d.trigger(&path);
     let job = d.wait_state(&gone, "ERROR", T);
     assert_eq!(
@@ -526,7 +536,7 @@ fn an_ssh_key_reaches_a_real_sshd_trusting_its_host_key_on_first_use() {
     let ok = d.trigger(&pinned);
     d.wait_state(&ok, "READY", T);
     assert!(!d.job_log(&ok).contains("trusted a new"));
-    let (_, mispinned) = d.create_hook("mispinned", "main");
+    let (_, mispinned) = d.create_hook_unverified("mispinned", "main");
     let stale = d.trigger(&mispinned);
     let job = d.wait_state(&stale, "ERROR", T);
     let error = job["error"].as_str().unwrap();

@@ -385,7 +385,7 @@ impl Admin {
         let name = check_hook_name(&name)?;
         check_branch(&branch)?;
         if verify {
-            operator::verify_branch(spec, &branch)?;
+            operator::verify_branch(&config, spec, &branch)?;
         }
         let id = secret::new_hook_id()?;
         let clear = secret::new_secret()?;

@@ -5,10 +5,13 @@
 use super::protocol::{Canceled, NewJob, Rotated, Triggered};
 use super::{Admin, AdminError};
 use crate::build::now_ms;
-use crate::config::Project;
+use crate::config::{Config, Project};
+use crate::git_access::GitAccess;
 use crate::journal::{JobState, Op, Outcome};
+use crate::redact;
 use crate::secret;
-use std::io::Read;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -97,12 +100,20 @@ impl Admin {
 }
 
 /// Whether `branch` exists in the project's repository, asked with `git ls-remote` in the
-/// same cleared environment as a build's git steps (no prompt for a password).
-pub(super) fn verify_branch(project: &Project, branch: &str) -> Result<(), AdminError> {
+/// same cleared environment and with the same access (key, credentials, host keys) as a
+/// build's git steps, so a private repository is reached and nothing prompts for a password.
+pub(super) fn verify_branch(
+    config: &Config,
+    project: &Project,
+    branch: &str,
+) -> Result<(), AdminError> {
+    let repo = redact::url_passwords(&project.repo).into_owned();
     let fail = |why: String| AdminError::BranchUnchecked {
-        repo: project.repo.clone(),
-        why,
+        repo: repo.clone(),
+        why: redact::url_passwords(&why).into_owned(),
     };
+    let access = GitAccess::prepare(config, project).map_err(|e| fail(e.to_string()))?;
+    let scratch = Scratch::new(&config.state_dir).map_err(AdminError::Git)?;
     let mut child = Command::new("git")
         .args(["ls-remote", "--exit-code", "--heads", "--", &project.repo])
         .arg(format!("refs/heads/{branch}"))
@@ -110,7 +121,7 @@ pub(super) fn verify_branch(project: &Project, branch: &str) -> Result<(), Admin
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .envs(access.probe_env(project, &scratch.0))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -139,7 +150,7 @@ pub(super) fn verify_branch(project: &Project, branch: &str) -> Result<(), Admin
         Some(0) => Ok(()),
         // --exit-code: the repository answered, and has no such branch.
         Some(2) => Err(AdminError::NoSuchBranch {
-            repo: project.repo.clone(),
+            repo: repo.clone(),
             branch: branch.to_string(),
         }),
         _ => {
@@ -152,5 +163,25 @@ pub(super) fn verify_branch(project: &Project, branch: &str) -> Result<(), Admin
                 .to_string();
             Err(fail(last))
         }
+    }
+}
+
+/// A folder of its own for one branch check, removed afterwards.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(state_dir: &Path) -> io::Result<Scratch> {
+        let dir = state_dir.join(format!(
+            "ls-remote.{}",
+            secret::new_hook_id().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
