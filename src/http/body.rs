@@ -31,17 +31,27 @@ enum Part {
     Done,
 }
 
-/// Consumes one request's body.
+/// How much of a body may come, and how much of it is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyPolicy {
+    /// Payload bytes accepted (`413` past it); the rest of what is read is dropped.
+    pub max: u64,
+    /// Payload bytes kept from the start of the body, for the handler to read.
+    pub keep: usize,
+}
+
+/// Consumes one request's body, keeping its first [`BodyPolicy::keep`] bytes.
 #[derive(Debug)]
 pub struct BodyReader {
     part: Part,
     /// Payload bytes seen so far (chunked framing not counted).
     payload: u64,
-    max: u64,
+    policy: BodyPolicy,
+    kept: Vec<u8>,
 }
 
 impl BodyReader {
-    pub fn new(framing: Framing, max: u64) -> BodyReader {
+    pub fn new(framing: Framing, policy: BodyPolicy) -> BodyReader {
         let part = match framing {
             Framing::None => Part::Done,
             Framing::Length(n) => Part::Fixed(n),
@@ -50,12 +60,23 @@ impl BodyReader {
         BodyReader {
             part,
             payload: 0,
-            max,
+            policy,
+            kept: Vec::new(),
         }
     }
 
     pub fn is_done(&self) -> bool {
         self.part == Part::Done
+    }
+
+    /// The kept start of the body.
+    pub fn into_kept(self) -> Vec<u8> {
+        self.kept
+    }
+
+    fn keep(&mut self, data: &[u8]) {
+        let room = self.policy.keep.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..room.min(data.len())]);
     }
 
     /// Consumes what it can from the front of `input`; returns how many bytes it used.
@@ -67,6 +88,7 @@ impl BodyReader {
                 Part::Done => return Ok(at),
                 Part::Fixed(n) | Part::Data(n) => {
                     let take = n.min(rest.len() as u64);
+                    self.keep(&rest[..take as usize]);
                     let left = n - take;
                     self.part = match (self.part, left) {
                         (Part::Fixed(_), 0) => Part::Done,
@@ -88,7 +110,7 @@ impl BodyReader {
                     None => 0,
                     Some((used, size)) => {
                         self.payload = self.payload.saturating_add(size);
-                        if self.payload > self.max {
+                        if self.payload > self.policy.max {
                             return Err(ApiError::BodyTooLarge);
                         }
                         self.part = if size == 0 {
@@ -168,9 +190,11 @@ fn malformed(why: &str) -> ApiError {
 mod tests {
     use super::*;
 
+    const POLICY: BodyPolicy = BodyPolicy { max: 64, keep: 5 };
+
     /// Feeds `body` one byte at a time: the result and the bytes left over.
     fn read(framing: Framing, body: &[u8]) -> Result<usize, ApiError> {
-        let mut reader = BodyReader::new(framing, 64);
+        let mut reader = BodyReader::new(framing, POLICY);
         let mut buffered = Vec::new();
         for &b in body {
             buffered.push(b);
@@ -196,6 +220,10 @@ mod tests {
             assert!(left.is_ok(), "{:?}", String::from_utf8_lossy(body));
         }
         assert_eq!(read(Framing::Chunked, b"0\r\n\r\nGET"), Ok(0));
+        let mut r = BodyReader::new(Framing::Chunked, POLICY);
+        let body = b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n";
+        assert_eq!(r.consume(body), Ok(body.len()));
+        assert_eq!(r.into_kept(), b"abcde");
         assert_eq!(read(Framing::Length(3), b"abc"), Ok(0));
     }
 

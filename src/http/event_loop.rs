@@ -19,7 +19,7 @@
 use super::limits::Limits;
 use super::request::Request;
 use super::response::{write_bytes, write_stream, Persistence, Reply};
-use super::session::{Session, Step, CONTINUE};
+use super::session::{default_policy, PolicyFn, Session, Step, CONTINUE};
 use super::ApiError;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
@@ -56,6 +56,11 @@ pub trait Service: Send + Sync + 'static {
 
     /// The listener stops: answer now whatever was held for later.
     fn stopping(&self) {}
+
+    /// How much body each request may carry, and how much of it [`Service::serve`] reads.
+    fn body_policy(&self) -> PolicyFn {
+        default_policy
+    }
 }
 
 /// Builds a reply on the listener thread, so that the thread that finishes a request (the
@@ -144,7 +149,9 @@ impl Listener {
             Interest::READABLE,
         )?;
         let addr = socket.local_addr()?;
+        let policy = service.body_policy();
         let mut event_loop = EventLoop {
+            policy,
             poll,
             socket,
             service,
@@ -241,6 +248,8 @@ struct EventLoop {
     /// Streams being written on threads of their own.
     streams: Arc<AtomicUsize>,
     stream_name: String,
+    /// The service's body policy.
+    policy: PolicyFn,
 }
 
 /// How a read of everything available ended.
@@ -381,7 +390,7 @@ impl EventLoop {
         let conn = Conn {
             stream,
             remote,
-            session: Session::new(self.limits),
+            session: Session::new(self.limits, self.policy),
             output: Vec::new(),
             written: 0,
             interim: false,

@@ -8,6 +8,7 @@ pub mod body;
 pub mod event_loop;
 pub mod limits;
 pub mod page;
+pub mod push;
 pub mod request;
 pub mod response;
 pub mod session;
@@ -25,7 +26,7 @@ pub use response::{Producer, Reply, ReplyBody};
 #[doc(hidden)]
 pub fn exchange_offline(bytes: &[u8]) -> Vec<u8> {
     use response::{write_bytes, Persistence};
-    let mut session = session::Session::new(limits::Limits::DEFAULT);
+    let mut session = session::Session::new(limits::Limits::DEFAULT, trigger::body_policy);
     session.feed(bytes);
     let mut out = Vec::new();
     loop {

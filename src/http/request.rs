@@ -21,6 +21,8 @@ pub struct Request {
     pub remote: Option<SocketAddr>,
     /// The connection closes after this request's answer.
     pub close: bool,
+    /// The start of the body, as much as the listener keeps (nothing unless it asked).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -109,9 +111,10 @@ pub fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>
         version,
         remote: None,
         close: false,
+        body: Vec::new(),
     };
     check_host(&request)?;
-    let framing = framing(&request, limits)?;
+    let framing = framing(&request)?;
     request.close = wants_close(&request);
     let expect_continue = expects_continue(&request)?;
     Ok(Some((
@@ -240,7 +243,8 @@ fn is_host_value(value: &str) -> bool {
 }
 
 /// How the body is framed; conflicting or ambiguous framing is refused (request smuggling).
-fn framing(req: &Request, limits: &Limits) -> Result<Framing, ApiError> {
+/// Whether the body's size is acceptable is the session's to decide.
+fn framing(req: &Request) -> Result<Framing, ApiError> {
     let mut length: Option<u64> = None;
     for value in req.headers_named("Content-Length") {
         for part in value.split(',') {
@@ -268,7 +272,6 @@ fn framing(req: &Request, limits: &Limits) -> Result<Framing, ApiError> {
         return Ok(Framing::Chunked);
     }
     match length {
-        Some(n) if n > limits.max_body_bytes => Err(ApiError::BodyTooLarge),
         Some(0) | None => Ok(Framing::None),
         Some(n) => Ok(Framing::Length(n)),
     }
@@ -317,6 +320,10 @@ mod tests {
         parse_head(text.as_bytes(), &Limits::DEFAULT)
     }
 
+    fn ok_huge(text: &str) -> Framing {
+        head(text).unwrap().unwrap().0.framing
+    }
+
     fn refused(text: &str) -> bool {
         matches!(head(text), Err(ApiError::BadRequest(_)))
     }
@@ -354,7 +361,7 @@ mod tests {
             assert!(refused(&t), "{extra:?}");
         }
         let huge = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000000000\r\n\r\n";
-        assert!(matches!(head(huge), Err(ApiError::BodyTooLarge)));
+        assert_eq!(ok_huge(huge), Framing::Length(100_000_000_000_000));
     }
 
     #[test]

@@ -3,10 +3,23 @@
 //! serve a request, or refuse). [`super::event_loop`] drives it with a socket; tests and the
 //! fuzz target drive it with byte strings, so both see exactly the same framing.
 
-use super::body::BodyReader;
+use super::body::{BodyPolicy, BodyReader};
 use super::limits::Limits;
 use super::request::{parse_head, Framing, Request};
 use super::ApiError;
+
+/// How much body a request may carry and how much of it its handler reads, decided from its
+/// head (a git host's push event carries a larger body than a plain trigger).
+pub type PolicyFn = fn(&Request, &Limits) -> BodyPolicy;
+
+/// A body of at most [`Limits::max_body_bytes`], none of it kept: what every request gets
+/// unless its listener says otherwise.
+pub fn default_policy(_: &Request, limits: &Limits) -> BodyPolicy {
+    BodyPolicy {
+        max: limits.max_body_bytes,
+        keep: 0,
+    }
+}
 
 /// The interim answer to `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -45,14 +58,16 @@ pub struct Session {
     input: Vec<u8>,
     state: State,
     limits: Limits,
+    policy: PolicyFn,
 }
 
 impl Session {
-    pub fn new(limits: Limits) -> Session {
+    pub fn new(limits: Limits, policy: PolicyFn) -> Session {
         Session {
             input: Vec::new(),
             state: State::Head,
             limits,
+            policy,
         }
     }
 
@@ -108,10 +123,17 @@ impl Session {
                 return Ok(Step::Wait);
             };
             self.input.drain(..used);
+            let policy = (self.policy)(&head.request, &self.limits);
+            if let Framing::Length(n) = head.framing {
+                if n > policy.max {
+                    // Refused from the head alone: the body is never waited for.
+                    return Err(ApiError::BodyTooLarge);
+                }
+            }
             let has_body = head.framing != Framing::None;
             self.state = State::Body {
                 request: Box::new(head.request),
-                body: BodyReader::new(head.framing, self.limits.max_body_bytes),
+                body: BodyReader::new(head.framing, policy),
                 continue_owed: head.expect_continue && has_body,
             };
         }
@@ -131,10 +153,13 @@ impl Session {
             }
             return Ok(Step::Wait);
         }
-        let State::Body { request, .. } = std::mem::replace(&mut self.state, State::Serving) else {
+        let State::Body { request, body, .. } = std::mem::replace(&mut self.state, State::Serving)
+        else {
             unreachable!("the state was Body just above");
         };
-        Ok(Step::Serve(*request))
+        let mut request = *request;
+        request.body = body.into_kept();
+        Ok(Step::Serve(request))
     }
 }
 
@@ -143,7 +168,7 @@ mod tests {
     use super::*;
 
     fn steps(bytes: &[u8]) -> Vec<String> {
-        let mut s = Session::new(Limits::DEFAULT);
+        let mut s = Session::new(Limits::DEFAULT, default_policy);
         s.feed(bytes);
         let mut out = Vec::new();
         loop {

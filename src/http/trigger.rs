@@ -12,8 +12,12 @@
 //! (`OPTIONS`) is answered before any secret is looked at. A hook URL needs no credentials,
 //! so allowing every origin gives a page nothing it could not do with the URL alone.
 
+use super::body::BodyPolicy;
 use super::event_loop::{Answer, Service};
+use super::limits::Limits;
+use super::push;
 use super::request::Request;
+use super::session::{default_policy, PolicyFn};
 use super::waiters::Waiters;
 use super::{ApiError, Reply};
 use crate::build::now_ms;
@@ -86,6 +90,10 @@ impl Service for TriggerHandler {
         let metrics = self.metrics.clone();
         match self.trigger_op(path.project, path.secret) {
             Ok(op) => {
+                if let Some(why) = self.skip_event(&req, &op, &remote) {
+                    let skipped = json!({ "skipped": why });
+                    return answer.send(move || cors(Reply::json(200, &skipped)));
+                }
                 // The job's id is appended once it is known.
                 let location = format!("{PATH_PREFIX}{}/{}/jobs/", path.project, path.secret);
                 self.journal.submit_then(op, move |result| {
@@ -103,10 +111,24 @@ impl Service for TriggerHandler {
         self.waiters.expire(now);
     }
 
+    fn body_policy(&self) -> PolicyFn {
+        body_policy
+    }
+
     fn stopping(&self) {
         self.waiters
             .expire(Instant::now() + Duration::from_secs(MAX_WAIT_SECS + 1));
     }
+}
+
+/// A git host's event on a hook path may carry a large body, whose start is read; anything
+/// else gets the listener's default.
+pub fn body_policy(req: &Request, limits: &Limits) -> BodyPolicy {
+    match parse_hook_path(&req.path) {
+        Some(path) if path.job.is_none() => push::policy(req),
+        _ => None,
+    }
+    .unwrap_or_else(|| default_policy(req, limits))
 }
 
 /// The answers decided by the request alone, before any secret is looked at: a path that is
@@ -221,6 +243,28 @@ impl TriggerHandler {
                 }
             }
             _ => answer.send(move || cors(Reply::json(200, &json!({"job": row.job})))),
+        }
+    }
+
+    /// Why a git host's event on this hook's URL builds nothing (a ping, another branch, a
+    /// deletion, another event), or `None` when it is a push to the hook's branch or the
+    /// request is no event at all.
+    fn skip_event(&self, req: &Request, op: &Op, remote: &str) -> Option<String> {
+        let event = push::event_of(req)?;
+        let Op::Trigger { secret, .. } = op else {
+            return None;
+        };
+        let branch = self.journal.branch_of(secret)?;
+        match push::judge(&event, &req.body, &branch) {
+            push::Verdict::Build => None,
+            push::Verdict::Skip(why) => {
+                log::info!(
+                    "push event skipped: {} `{}`: {why} remote={remote}",
+                    event.host,
+                    event.name
+                );
+                Some(why)
+            }
         }
     }
 

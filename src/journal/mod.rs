@@ -66,8 +66,9 @@ type SecretIndex = Arc<RwLock<HashMap<SecretHash, SecretEntry>>>;
 #[derive(Clone, Debug)]
 pub(crate) struct SecretEntry {
     hook: String,
-    /// The hook's project (empty for a revoked hook loaded at open: not needed).
+    /// The hook's project and branch (empty for a revoked hook loaded at open: not needed).
     project: String,
+    branch: String,
     revoked: bool,
 }
 
@@ -198,6 +199,15 @@ impl Journal {
     /// that keeps guessed secrets away from the writer; the writer checks again).
     pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> bool {
         matches!(self.lookup_secret(secret, project), SecretLookup::Live(_))
+    }
+
+    /// The branch of the live hook behind `secret`.
+    pub fn branch_of(&self, secret: &SecretHash) -> Option<String> {
+        let secrets = self.secrets.read().unwrap_or_else(PoisonError::into_inner);
+        secrets
+            .get(secret)
+            .filter(|e| !e.revoked)
+            .map(|e| e.branch.clone())
     }
 
     /// The hook behind `secret`, for a URL naming `project`.

@@ -108,6 +108,7 @@ pub(super) fn load_secrets(
                 SecretEntry {
                     hook: row.hook.id,
                     project: row.hook.project,
+                    branch: row.hook.branch,
                     revoked: false,
                 },
             );
@@ -121,6 +122,7 @@ pub(super) fn load_secrets(
                 out.entry(secret).or_insert(SecretEntry {
                     hook: hook.value().to_string(),
                     project: String::new(),
+                    branch: String::new(),
                     revoked: true,
                 });
             }

@@ -200,6 +200,7 @@ impl Writer {
                     let entry = SecretEntry {
                         hook: hook.id.clone(),
                         project: hook.project.clone(),
+                        branch: hook.branch.clone(),
                         revoked: false,
                     };
                     self.secrets
