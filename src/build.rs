@@ -733,6 +733,7 @@ fn run_step(
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
+    sys::die_with_parent(&mut cmd);
     let spawned = cmd.spawn();
     drop(cmd); // closes our copies of the pipe's write end
     let mut child = match spawned {

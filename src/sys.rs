@@ -120,6 +120,29 @@ pub fn shutdown_listener(listener: &impl AsRawFd) {
     }
 }
 
+/// Makes a child about to be spawned die with the thread that spawns it: before `exec`, the
+/// child asks the kernel for SIGKILL when its parent thread ends, then exits at once if the
+/// parent (`std::process::id()` of the spawner, read before the fork) is already gone. A child
+/// forked just before the daemon is SIGKILLed can then not run on after a restart's orphan
+/// scan. Only async-signal-safe calls run between fork and exec.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+    // getppid and _exit, which are async-signal-safe and allocate nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(127);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Raises the soft open-file limit to the hard one, so that the connection limits, not the
 /// default 1024 descriptors, decide how many clients are served.
 pub fn raise_nofile_limit() {
