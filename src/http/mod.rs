@@ -8,6 +8,7 @@ pub mod body;
 pub mod event_loop;
 pub mod limits;
 pub mod page;
+pub mod projects;
 pub mod push;
 pub mod request;
 pub mod response;

@@ -4,7 +4,7 @@
 //! blocking the writer) and from log files; secrets are never loaded, so none can be shown.
 
 use super::request::Request;
-use super::{page, ApiError, Reply};
+use super::{page, projects, ApiError, Reply};
 use crate::config::Config;
 use crate::journal::{Job, JobFilter, JobRow, JobState, Journal};
 use crate::metrics::Metrics;
@@ -61,13 +61,34 @@ impl StatusHandler {
                 Ok(Reply::html(page::job(&row, &log)))
             }
             ["hooks"] => Ok(Reply::json(200, &json!({"hooks": self.journal.hooks()?}))),
-            ["metrics"] => Ok(Reply::bytes(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(self.journal.file_bytes()).into_bytes(),
-            )),
+            ["projects"] => {
+                let projects: Vec<_> = self.summaries()?.iter().map(|s| s.to_json()).collect();
+                Ok(Reply::json(200, &json!({ "projects": projects })))
+            }
+            ["metrics"] => {
+                let mut text = self.metrics.render(self.journal.file_bytes());
+                text.push_str(&projects::metrics(&self.summaries()?));
+                Ok(Reply::bytes(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                ))
+            }
             _ => Err(ApiError::NotFound),
         }
+    }
+
+    /// Every configured project's recent history, in name order.
+    fn summaries(&self) -> Result<Vec<projects::Summary>, ApiError> {
+        let names: Vec<String> = {
+            let config = self.config.read().unwrap_or_else(PoisonError::into_inner);
+            config.projects.keys().cloned().collect()
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            out.push(projects::summarize(&self.journal, &name)?);
+        }
+        Ok(out)
     }
 
     fn find_job(&self, id: &str) -> Result<JobRow, ApiError> {
