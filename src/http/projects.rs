@@ -103,10 +103,13 @@ impl Summary {
     }
 }
 
+/// One per-project gauge's value, if the project has one.
+type Gauge = fn(&Summary) -> Option<f64>;
+
 /// The per-project lines of `/metrics`, in the Prometheus text format.
 pub fn metrics(summaries: &[Summary]) -> String {
     let mut out = String::new();
-    let series: [(&str, &str, fn(&Summary) -> Option<f64>); 3] = [
+    let series: [(&str, &str, Gauge); 3] = [
         (
             "deployhook_project_last_success_timestamp_seconds",
             "When the project's last READY build finished (Unix seconds).",
