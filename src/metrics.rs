@@ -120,6 +120,11 @@ impl Metrics {
     }
 
     /// A job entered `state` (created as PENDING, started, or finished).
+    /// A number that changes whenever a job changes state (live pages watch it).
+    pub fn changes(&self) -> u64 {
+        self.jobs_entered.iter().map(|n| n.load(Relaxed)).sum()
+    }
+
     pub fn job_entered(&self, state: JobState) {
         self.jobs_entered[state_index(state)].fetch_add(1, Relaxed);
     }

@@ -1,10 +1,17 @@
-//! Server-rendered HTML for sysadmins: the dashboard of recent jobs and a page per job with its
-//! log. No JavaScript; every value that came from outside (hook names, branches, logs, errors)
-//! goes through [`escape`].
+//! Server-rendered HTML for sysadmins: the dashboard (a card per project above the recent jobs)
+//! and a page per job with its log. Each page is complete as served, readable without
+//! JavaScript; [`SCRIPT`] (served as `/app.js`, no external assets) only keeps an open page
+//! fresh: it listens to `/events` and swaps in the re-rendered `<main>`, and streams a running
+//! job's log. Every value that came from outside (hook names, branches, logs, errors) goes
+//! through [`escape`].
 
+use super::projects::{Summary, CHART_BUILDS};
 use crate::journal::{JobRow, JobState};
 use crate::timefmt::utc;
 use std::fmt::Write as _;
+
+/// The live pages' script, served as `/app.js`.
+pub const SCRIPT: &str = include_str!("app.js");
 
 /// Jobs on the dashboard.
 pub const RECENT_JOBS: usize = 100;
@@ -41,13 +48,18 @@ th{background:#f4f4f4}code,pre{font-family:ui-monospace,monospace}\
 pre{background:#111;color:#eee;padding:1em;overflow-x:auto;white-space:pre-wrap}\
 .state{font-weight:600;padding:.1em .5em;border-radius:.3em;color:#fff}\
 .PENDING{background:#777}.BUILDING{background:#1565c0}.READY{background:#2e7d32}\
-.ERROR{background:#c62828}.CANCELED{background:#8d6e63}";
+.ERROR{background:#c62828}.CANCELED{background:#8d6e63}\
+.cards{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}\
+.card{border:1px solid #ddd;border-radius:.5em;padding:.8em 1em;min-width:16em;flex:1}\
+.card h2{margin:0 0 .4em;font-size:1.1em}.card p{margin:.2em 0}.muted{color:#777}\
+svg.chart rect.READY{fill:#2e7d32}svg.chart rect.ERROR{fill:#c62828}\
+svg.chart rect.CANCELED{fill:#8d6e63}";
 
 fn head(title: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width\"><meta name=\"referrer\" content=\"no-referrer\">\
-<title>{}</title><style>{STYLE}</style></head><body>\n",
+<title>{}</title><style>{STYLE}</style><script src=\"/app.js\" defer></script></head><body><main>\n",
         escape(title)
     )
 }
@@ -68,12 +80,86 @@ fn short_commit(commit: Option<&str>) -> String {
     commit.map_or_else(|| "–".to_string(), |c| escape(&c[..c.len().min(10)]))
 }
 
-pub fn dashboard(rows: &[JobRow], busy: u64, total: u64) -> String {
+/// The end of every page.
+const FOOT: &str = "</main></body></html>\n";
+
+/// A project's card: what is live, how its last job went, and its recent build durations.
+fn card(html: &mut String, p: &Summary) {
+    let _ = write!(
+        html,
+        "<div class=\"card\" id=\"project-{0}\"><h2>{0}</h2>",
+        escape(&p.name)
+    );
+    html.push_str("<p>Live: <span class=\"muted\">no published release</span></p>");
+    match &p.last_job {
+        Some(row) => {
+            let j = &row.job;
+            let _ = write!(
+                html,
+                "<p>Last job: <a href=\"/job/{id}\"><code>{id}</code></a> {state}{when}</p>\
+<p>Commit: <code>{commit}</code></p>",
+                id = escape(&j.id),
+                state = state_badge(j.state),
+                when = j
+                    .finished_at
+                    .map(|t| format!(" at {}", utc(t)))
+                    .unwrap_or_default(),
+                commit = short_commit(j.commit.as_deref()),
+            );
+        }
+        None => html.push_str("<p class=\"muted\">No jobs yet.</p>"),
+    }
+    if p.consecutive_failures > 0 {
+        let _ = write!(
+            html,
+            "<p><strong>{} failed in a row</strong></p>",
+            p.consecutive_failures
+        );
+    }
+    chart(html, p);
+    html.push_str("</div>\n");
+}
+
+/// An inline SVG bar chart of the last builds' durations, oldest on the left, coloured by how
+/// each ended; each bar's title gives its state and seconds.
+fn chart(html: &mut String, p: &Summary) {
+    if p.builds.is_empty() {
+        return;
+    }
+    let (w, h, bar) = (CHART_BUILDS * 8, 40.0, 6);
+    let longest = p.builds.iter().map(|(_, s)| *s).fold(0.001, f64::max);
+    let _ = write!(
+        html,
+        "<svg class=\"chart\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\">\
+<title>Last {} build durations</title>",
+        p.builds.len()
+    );
+    for (i, (state, secs)) in p.builds.iter().rev().enumerate() {
+        let height = (secs / longest * (h - 2.0)).max(2.0);
+        let _ = write!(
+            html,
+            "<rect class=\"{s}\" x=\"{x}\" y=\"{y:.1}\" width=\"{bar}\" height=\"{height:.1}\">\
+<title>{s} {secs:.1} s</title></rect>",
+            s = state.as_str(),
+            x = i * 8,
+            y = h - height,
+        );
+    }
+    html.push_str("</svg>");
+}
+
+pub fn dashboard(projects: &[Summary], rows: &[JobRow], busy: u64, total: u64) -> String {
     let mut html = head("deployhook");
     let _ = write!(
         html,
-        "<h1>deployhook</h1><p>Build threads busy: {busy} of {total}. \
-Showing the {} most recent jobs, newest first. Reload for fresh states.</p>\n\
+        "<h1>deployhook</h1><p>Build threads busy: {busy} of {total}.</p>\n<div class=\"cards\">"
+    );
+    for p in projects {
+        card(&mut html, p);
+    }
+    let _ = write!(
+        html,
+        "</div><h2>Recent jobs</h2><p>The {} most recent jobs, newest first.</p>\n\
 <table><thead><tr><th>Job</th><th>State</th><th>Hook</th><th>Project</th><th>Branch</th>\
 <th>Commit</th><th>Created (UTC)</th><th>Queued</th><th>Build</th></tr></thead><tbody>\n",
         rows.len()
@@ -102,8 +188,10 @@ Showing the {} most recent jobs, newest first. Reload for fresh states.</p>\n\
     }
     html.push_str(
         "</tbody></table>\n<p><a href=\"/status\">/status</a> · <a href=\"/jobs\">/jobs</a> · \
-<a href=\"/hooks\">/hooks</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n",
+<a href=\"/projects\">/projects</a> · <a href=\"/hooks\">/hooks</a> · \
+<a href=\"/metrics\">/metrics</a></p>",
     );
+    html.push_str(FOOT);
     html
 }
 
@@ -122,7 +210,8 @@ pub fn job(row: &JobRow, log: &str) -> String {
 <tr><th>Finished</th><td>{finished}</td></tr><tr><th>Exit code</th><td>{exit}</td></tr>\
 <tr><th>Error</th><td>{error}</td></tr><tr><th>Canceled by</th><td>{canceled}</td></tr>\
 </table>\n<h2>Log</h2><p>Last {LOG_LINES} lines; live: <code>curl -N …/jobs/{id}/log?follow=1</code>, \
-raw: <a href=\"/jobs/{id}/log\">/jobs/{id}/log</a></p>\n<pre>{log}</pre></body></html>\n",
+raw: <a href=\"/jobs/{id}/log\">/jobs/{id}/log</a></p>\n\
+<pre id=\"log\" data-job=\"{id}\" data-open=\"{open}\">{log}</pre>{FOOT}",
         id = escape(&j.id),
         state = state_badge(j.state),
         hook = escape(&row.hook_name),
@@ -137,6 +226,7 @@ raw: <a href=\"/jobs/{id}/log\">/jobs/{id}/log</a></p>\n<pre>{log}</pre></body><
         error = opt(j.error.as_deref()),
         canceled = opt(j.canceled_by.as_deref()),
         log = escape(log),
+        open = u8::from(!j.state.is_terminal()),
     );
     html
 }

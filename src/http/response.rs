@@ -67,7 +67,9 @@ impl Reply {
         let mut r = Reply::bytes(200, "text/html; charset=utf-8", body.into_bytes());
         r.headers.push((
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'".into(),
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; frame-ancestors 'none'"
+                .into(),
         ));
         r
     }

@@ -61,6 +61,12 @@ impl StatusHandler {
                 Ok(Reply::html(page::job(&row, &log)))
             }
             ["hooks"] => Ok(Reply::json(200, &json!({"hooks": self.journal.hooks()?}))),
+            ["events"] => Ok(self.events()),
+            ["app.js"] => Ok(Reply::bytes(
+                200,
+                "text/javascript; charset=utf-8",
+                page::SCRIPT.as_bytes().to_vec(),
+            )),
             ["projects"] => {
                 let projects: Vec<_> = self.summaries()?.iter().map(|s| s.to_json()).collect();
                 Ok(Reply::json(200, &json!({ "projects": projects })))
@@ -144,7 +150,20 @@ impl StatusHandler {
         let (rows, _) = self.journal.list_jobs(&filter)?;
         let busy = self.metrics.workers_busy.load(Relaxed);
         let total = self.metrics.workers_total.load(Relaxed);
-        Ok(Reply::html(page::dashboard(&rows, busy, total)))
+        let projects = self.summaries()?;
+        Ok(Reply::html(page::dashboard(&projects, &rows, busy, total)))
+    }
+
+    /// `GET /events`: server-sent events, one `change` whenever a job changes state, for the
+    /// live pages. Each open page holds a stream thread (at most `max_streams`); a comment line
+    /// every [`EVENTS_HEARTBEAT`] notices a closed page, and the stream ends after
+    /// [`EVENTS_FOR`] (the browser reconnects by itself).
+    fn events(&self) -> Reply {
+        let metrics = self.metrics.clone();
+        Reply::stream(
+            "text/event-stream",
+            Box::new(move |out| watch_changes(&metrics, out)),
+        )
     }
 
     fn log(&self, req: &Request, id: &str) -> Result<Reply, ApiError> {
@@ -175,6 +194,35 @@ impl StatusHandler {
             Box::new(move |out| follow_log(&path, tail, &journal, &job_id, out)),
         ))
     }
+}
+
+/// How often an event stream looks for changes.
+const EVENTS_POLL: Duration = Duration::from_millis(200);
+/// A comment line this often shows whether the page is still open.
+const EVENTS_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long one event stream lasts.
+const EVENTS_FOR: Duration = Duration::from_secs(3600);
+
+fn watch_changes(metrics: &Metrics, out: &mut dyn Write) -> io::Result<()> {
+    let mut seen = metrics.changes();
+    out.write_all(b"retry: 2000\n\n")?;
+    out.flush()?;
+    let (started, mut wrote) = (Instant::now(), Instant::now());
+    while started.elapsed() < EVENTS_FOR {
+        std::thread::sleep(EVENTS_POLL);
+        let now = metrics.changes();
+        if now != seen {
+            seen = now;
+            write!(out, "event: change\ndata: {now}\n\n")?;
+        } else if wrote.elapsed() >= EVENTS_HEARTBEAT {
+            out.write_all(b": still here\n\n")?;
+        } else {
+            continue;
+        }
+        out.flush()?;
+        wrote = Instant::now();
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_filter(req: &Request) -> Result<JobFilter, ApiError> {
