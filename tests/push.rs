@@ -203,6 +203,28 @@ fn large_event_bodies_are_read_and_dropped_in_bounded_memory() {
     huge.resize(26 << 20, b' ');
     let r = post(&s, "github", "push", &huge);
     assert_eq!(r.status, 413);
+    // Without a live hook's secret, an event gets the plain body limit: no one without a hook
+    // URL can make the daemon read or keep more.
+    let bogus = format!("/v1/integrations/deploy/site/{}", "A".repeat(32));
+    let list = headers("github", "push");
+    let refs: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = http(
+        s.daemon.public,
+        "POST",
+        &bogus,
+        &refs,
+        &vec![b' '; 100 * 1024],
+    );
+    assert_eq!(r.status, 413);
+    // A line break in a pushed ref cannot forge a log line.
+    let forged = br#"{"ref":"refs/heads/x
+<0>forged line","after":"1"}"#;
+    assert_eq!(post(&s, "github", "push", forged).status, 200);
+    assert!(!s
+        .daemon
+        .log_text()
+        .lines()
+        .any(|l| l.starts_with("<0>forged")));
     // Without an event header, a request is a plain trigger with the plain body limit.
     let r = http(
         s.daemon.public,

@@ -6,11 +6,17 @@
   var main = document.querySelector("main");
   if (!main || !window.EventSource || !window.fetch) return;
   var pending = null;
+  var asked = 0;
+  var shown = 0;
   function refresh() {
     pending = null;
-    fetch(location.pathname, { cache: "no-store" })
-      .then(function (r) { return r.text(); })
+    var mine = ++asked;
+    fetch(location.pathname + location.search, { cache: "no-store" })
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
       .then(function (html) {
+        // Answers can arrive out of order: never show an older page over a newer one.
+        if (mine < shown) return;
+        shown = mine;
         var fresh = new DOMParser().parseFromString(html, "text/html").querySelector("main");
         if (!fresh) return;
         var log = document.getElementById("log");
@@ -25,12 +31,15 @@
   events.addEventListener("change", function () {
     if (!pending) pending = setTimeout(refresh, 150);
   });
+  // A hidden or closed page gives its connection back (browsers allow few per host).
+  addEventListener("pagehide", function () { events.close(); });
   // A running job's log: the whole log, then new output as it is written.
   function follow() {
     var log = document.getElementById("log");
     if (!log || !log.dataset.job || log.dataset.open !== "1" || log.dataset.streaming) return;
     log.dataset.streaming = "1";
-    fetch("/jobs/" + log.dataset.job + "/log?follow=1", { cache: "no-store" }).then(function (r) {
+    fetch("/jobs/" + log.dataset.job + "/log?follow=1&tail=2000", { cache: "no-store" }).then(function (r) {
+      if (!r.ok) throw new Error(r.status);
       var reader = r.body.getReader();
       var decoder = new TextDecoder();
       var first = true;
@@ -39,7 +48,7 @@
           if (chunk.done) { log.dataset.streaming = "done"; return; }
           var text = decoder.decode(chunk.value, { stream: true });
           if (first) { log.textContent = ""; first = false; }
-          log.textContent += text;
+          log.append(text);
           return pump();
         });
       }

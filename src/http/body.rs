@@ -155,6 +155,11 @@ impl BodyReader {
         {
             return Err(malformed("chunk-size line must end in CRLF"));
         }
+        if !line[..lf - 1].iter().all(|&b| is_chunk_line_byte(b)) {
+            return Err(malformed(
+                "chunk extension with a byte RFC 9112 does not allow",
+            ));
+        }
         match httparse::parse_chunk_size(line) {
             Ok(httparse::Status::Complete((used, size))) if used == line.len() => {
                 Ok(Some((used, size)))
@@ -162,6 +167,12 @@ impl BodyReader {
             _ => Err(malformed("invalid chunk size")),
         }
     }
+}
+
+/// A byte of a chunk-size line before its CRLF (RFC 9112 §7.1.1): hex digits, and in
+/// extensions tchar, `=`, quoted strings, spaces and tabs. No control bytes.
+fn is_chunk_line_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~;=\"\\ \t".contains(&b) || b >= 0x80
 }
 
 /// The trailer section (fields, then an empty line): `None` until it has arrived whole.
@@ -241,6 +252,7 @@ mod tests {
             b"\r\n",
             b"1111111111111111111\r\n",
             b"0\r\nbad trailer\r\n\r\n",
+            b"3;\x00\x01\r\nabc\r\n0\r\n\r\n",
         ] {
             assert!(
                 matches!(read(Framing::Chunked, body), Err(ApiError::BadRequest(_))),

@@ -16,10 +16,11 @@
 //! time and size, so the client reads the answer instead of a reset). A panic while serving
 //! one request costs that connection only.
 
+use super::body::BodyPolicy;
 use super::limits::Limits;
 use super::request::Request;
 use super::response::{write_bytes, write_stream, Persistence, Reply};
-use super::session::{default_policy, PolicyFn, Session, Step, CONTINUE};
+use super::session::{default_policy, Session, Step, CONTINUE};
 use super::ApiError;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
@@ -57,9 +58,9 @@ pub trait Service: Send + Sync + 'static {
     /// The listener stops: answer now whatever was held for later.
     fn stopping(&self) {}
 
-    /// How much body each request may carry, and how much of it [`Service::serve`] reads.
-    fn body_policy(&self) -> PolicyFn {
-        default_policy
+    /// How much body a request may carry, and how much of it [`Service::serve`] reads.
+    fn body_policy(&self, req: &Request, limits: &Limits) -> BodyPolicy {
+        default_policy(req, limits)
     }
 }
 
@@ -149,9 +150,7 @@ impl Listener {
             Interest::READABLE,
         )?;
         let addr = socket.local_addr()?;
-        let policy = service.body_policy();
         let mut event_loop = EventLoop {
-            policy,
             poll,
             socket,
             service,
@@ -229,8 +228,10 @@ struct Conn {
     linger_budget: u64,
     /// The client has shut its side down: no more requests will come.
     read_closed: bool,
-    /// Bytes received over the connection's life (who is shed first when full).
-    received: u64,
+    /// Bytes of the current request received so far, and when it (or the idle wait) began:
+    /// who is shed first when the listener is full.
+    request_bytes: u64,
+    since: Instant,
     opened: Instant,
 }
 
@@ -248,8 +249,6 @@ struct EventLoop {
     /// Streams being written on threads of their own.
     streams: Arc<AtomicUsize>,
     stream_name: String,
-    /// The service's body policy.
-    policy: PolicyFn,
 }
 
 /// How a read of everything available ended.
@@ -348,17 +347,28 @@ impl EventLoop {
         }
     }
 
-    /// Closes the connections that have sent the least (lingering ones first, then idle or
-    /// trickling ones, the oldest first among equals) to make room. Connections being served
-    /// or answered are never shed. Returns whether any was.
+    /// Closes the least active connections to make room: lingering ones first, then idle ones
+    /// (the longest idle first), then those whose request is arriving slowest (bytes of the
+    /// request so far per second). A connection younger than [`Limits::shed_grace`] is spared (a new
+    /// client has not had time to send its request), and so are those being served or
+    /// answered. Returns whether any was shed.
     fn shed(&mut self) -> bool {
-        let mut candidates: Vec<((bool, u64, Instant), Token)> = self
+        let now = Instant::now();
+        let mut candidates: Vec<((u8, u64), Token)> = self
             .conns
             .iter()
-            .filter_map(|(token, c)| match c.phase {
-                Phase::Lingering(_) => Some(((false, 0, c.opened), *token)),
-                Phase::Idle(_) | Phase::Reading(_) => Some(((true, c.received, c.opened), *token)),
-                Phase::Serving | Phase::Writing(_) => None,
+            .filter(|(_, c)| now.duration_since(c.opened) >= self.limits.shed_grace)
+            .filter_map(|(token, c)| {
+                let waited = now.duration_since(c.since).as_millis() as u64;
+                let key = match c.phase {
+                    Phase::Lingering(_) => (0, 0),
+                    // Longest idle first: the smaller the key, the sooner shed.
+                    Phase::Idle(_) => (1, u64::MAX - waited),
+                    // Slowest first: bytes per second of the request so far.
+                    Phase::Reading(_) => (2, c.request_bytes * 1000 / waited.max(1)),
+                    Phase::Serving | Phase::Writing(_) => return None,
+                };
+                Some((key, *token))
             })
             .collect();
         if candidates.is_empty() {
@@ -390,7 +400,7 @@ impl EventLoop {
         let conn = Conn {
             stream,
             remote,
-            session: Session::new(self.limits, self.policy),
+            session: Session::new(self.limits),
             output: Vec::new(),
             written: 0,
             interim: false,
@@ -400,7 +410,8 @@ impl EventLoop {
             linger: false,
             linger_budget: self.limits.linger_bytes,
             read_closed: false,
-            received: 0,
+            request_bytes: 0,
+            since: now,
             opened: now,
         };
         self.conns.insert(token, conn);
@@ -450,11 +461,16 @@ impl EventLoop {
             if matches!(conn.phase, Phase::Serving) {
                 return Next::Keep;
             }
-            if stopped && !conn.session.in_request() {
-                // Stopping: no new requests; the next daemon answers them.
+            if stopped {
+                // Stopping: no new requests, pipelined or partly read; the next daemon answers
+                // them.
                 return Next::Close;
             }
-            match conn.session.step() {
+            let service = &self.service;
+            match conn
+                .session
+                .step(&|req, limits| service.body_policy(req, limits))
+            {
                 Step::Wait if conn.read_closed => return Next::Close,
                 // The buffer filled before the socket was drained: read on, or the rest
                 // (whose readiness was already reported) would never be.
@@ -462,8 +478,9 @@ impl EventLoop {
                 Step::Wait => {
                     if conn.session.in_request() {
                         if let Phase::Idle(_) = conn.phase {
-                            conn.phase =
-                                Phase::Reading(Instant::now() + self.limits.request_timeout);
+                            let now = Instant::now();
+                            conn.phase = Phase::Reading(now + self.limits.request_timeout);
+                            conn.since = now;
                         }
                     }
                     return Next::Keep;
@@ -665,7 +682,7 @@ impl Conn {
             match self.stream.read(&mut buf) {
                 Ok(0) => self.read_closed = true,
                 Ok(n) => {
-                    self.received += n as u64;
+                    self.request_bytes += n as u64;
                     self.session.feed(&buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Fill::Drained,
@@ -728,7 +745,9 @@ impl Conn {
             return Next::Close;
         }
         self.session.answered();
-        self.phase = Phase::Idle(Instant::now() + limits.idle_timeout);
+        let now = Instant::now();
+        self.phase = Phase::Idle(now + limits.idle_timeout);
+        (self.request_bytes, self.since) = (0, now);
         Next::Keep
     }
 
@@ -796,6 +815,7 @@ mod tests {
     fn when_full_the_least_active_connections_make_room() {
         let limits = Limits {
             max_connections: 64,
+            shed_grace: Duration::ZERO,
             ..Limits::DEFAULT
         };
         let mut l = listener(limits);

@@ -22,6 +22,8 @@ pub struct Limits {
     /// Open connections at once. When full, the connection that has sent the least is shed
     /// to make room; only when none can be shed is a new one answered `503`.
     pub max_connections: usize,
+    /// A connection this young is never shed: its client has not had time to send a request.
+    pub shed_grace: Duration,
     /// Log streams (`?follow=1`) at once, each with a thread of its own (`503` past it).
     pub max_streams: usize,
     /// After a refusal (a `413`, say) the rest of the request is read and dropped for at most
@@ -41,6 +43,7 @@ impl Limits {
         idle_timeout: Duration::from_secs(15),
         write_timeout: Duration::from_secs(15),
         max_connections: 10_000,
+        shed_grace: Duration::from_secs(1),
         max_streams: 64,
         linger_time: Duration::from_secs(5),
         linger_bytes: 32 * 1024 * 1024,

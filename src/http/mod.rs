@@ -27,11 +27,15 @@ pub use response::{Producer, Reply, ReplyBody};
 #[doc(hidden)]
 pub fn exchange_offline(bytes: &[u8]) -> Vec<u8> {
     use response::{write_bytes, Persistence};
-    let mut session = session::Session::new(limits::Limits::DEFAULT, trigger::body_policy);
+    let mut session = session::Session::new(limits::Limits::DEFAULT);
+    // With no journal, any git host's event is taken as one to a live hook.
+    let policy = |req: &request::Request, limits: &limits::Limits| {
+        push::policy(req).unwrap_or_else(|| session::default_policy(req, limits))
+    };
     session.feed(bytes);
     let mut out = Vec::new();
     loop {
-        match session.step() {
+        match session.step(&policy) {
             session::Step::Wait => return out,
             session::Step::Continue => out.extend_from_slice(session::CONTINUE),
             session::Step::Refuse(err) => {

@@ -77,7 +77,10 @@ fn seconds_between(from: Option<u64>, to: Option<u64>) -> String {
 }
 
 fn short_commit(commit: Option<&str>) -> String {
-    commit.map_or_else(|| "–".to_string(), |c| escape(&c[..c.len().min(10)]))
+    commit.map_or_else(
+        || "–".to_string(),
+        |c| escape(&c.chars().take(10).collect::<String>()),
+    )
 }
 
 /// The end of every page.

@@ -18,6 +18,8 @@ use std::fmt;
 pub const MAX_EVENT_BODY: u64 = 25 * 1024 * 1024;
 /// How much of an event's body is kept and parsed.
 pub const KEEP: usize = 64 * 1024;
+/// The longest pushed ref repeated in a skip's reason.
+const MAX_REF_SHOWN: usize = 200;
 
 /// The hosts, in the order their headers win: Forgejo also sends Gitea's, Gogs' and GitHub's
 /// headers, Gitea also Gogs' and GitHub's, Gogs also GitHub's.
@@ -72,10 +74,8 @@ pub fn judge(event: &Event, body: &[u8], branch: &str) -> Verdict {
         "push" | "push hook" => {}
         "tag push hook" => return Verdict::Skip("a tag push, not a branch push".into()),
         _ => {
-            return Verdict::Skip(format!(
-                "{} event `{}` is not a push",
-                event.host, event.name
-            ))
+            let name: String = event.name.chars().take(MAX_REF_SHOWN).collect();
+            return Verdict::Skip(format!("{} event `{name}` is not a push", event.host));
         }
     }
     let push = Push::read(body);
@@ -84,6 +84,7 @@ pub fn judge(event: &Event, body: &[u8], branch: &str) -> Verdict {
     };
     let wanted = format!("refs/heads/{branch}");
     if pushed != wanted {
+        let pushed: String = pushed.chars().take(MAX_REF_SHOWN).collect();
         return Verdict::Skip(format!("a push to {pushed}, not {wanted}"));
     }
     let all_zeros = push

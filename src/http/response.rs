@@ -68,7 +68,7 @@ impl Reply {
         r.headers.push((
             "Content-Security-Policy",
             "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; \
-             img-src 'self' data:; frame-ancestors 'none'"
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
                 .into(),
         ));
         r
@@ -94,6 +94,18 @@ impl Reply {
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
+    }
+
+    /// A copy of a reply with a body of bytes (`None` for a stream, which runs once).
+    pub fn try_clone(&self) -> Option<Reply> {
+        match &self.body {
+            ReplyBody::Bytes(bytes) => Some(Reply {
+                status: self.status,
+                headers: self.headers.clone(),
+                body: ReplyBody::Bytes(bytes.clone()),
+            }),
+            ReplyBody::Stream(_) => None,
+        }
     }
 
     pub fn is_stream(&self) -> bool {

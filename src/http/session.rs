@@ -8,10 +8,6 @@ use super::limits::Limits;
 use super::request::{parse_head, Framing, Request};
 use super::ApiError;
 
-/// How much body a request may carry and how much of it its handler reads, decided from its
-/// head (a git host's push event carries a larger body than a plain trigger).
-pub type PolicyFn = fn(&Request, &Limits) -> BodyPolicy;
-
 /// A body of at most [`Limits::max_body_bytes`], none of it kept: what every request gets
 /// unless its listener says otherwise.
 pub fn default_policy(_: &Request, limits: &Limits) -> BodyPolicy {
@@ -58,22 +54,19 @@ pub struct Session {
     input: Vec<u8>,
     state: State,
     limits: Limits,
-    policy: PolicyFn,
 }
 
+/// How much body a request may carry and how much of it its handler reads, decided from its
+/// head (a git host's push event to a live hook carries a larger body than a plain trigger).
+pub type Policy<'a> = &'a dyn Fn(&Request, &Limits) -> BodyPolicy;
+
 impl Session {
-    pub fn new(limits: Limits, policy: PolicyFn) -> Session {
+    pub fn new(limits: Limits) -> Session {
         Session {
             input: Vec::new(),
             state: State::Head,
             limits,
-            policy,
         }
-    }
-
-    /// Bytes received but not yet parsed.
-    pub fn buffered(&self) -> usize {
-        self.input.len()
     }
 
     /// Whether part of a request has arrived (its deadline applies, not the idle one).
@@ -106,8 +99,8 @@ impl Session {
         }
     }
 
-    pub fn step(&mut self) -> Step {
-        match self.advance() {
+    pub fn step(&mut self, policy: Policy) -> Step {
+        match self.advance(policy) {
             Ok(step) => step,
             Err(err) => {
                 self.state = State::Ended;
@@ -117,13 +110,21 @@ impl Session {
         }
     }
 
-    fn advance(&mut self) -> Result<Step, ApiError> {
+    fn advance(&mut self, policy: Policy) -> Result<Step, ApiError> {
         if let State::Head = self.state {
+            // Parse only once a blank line has come: a head trickled in byte by byte is then
+            // parsed once, not once per read.
+            if !head_may_be_complete(&self.input) {
+                if self.input.len() > self.limits.max_head_bytes {
+                    return Err(ApiError::HeadTooLarge);
+                }
+                return Ok(Step::Wait);
+            }
             let Some((head, used)) = parse_head(&self.input, &self.limits)? else {
                 return Ok(Step::Wait);
             };
             self.input.drain(..used);
-            let policy = (self.policy)(&head.request, &self.limits);
+            let policy = policy(&head.request, &self.limits);
             if let Framing::Length(n) = head.framing {
                 if n > policy.max {
                     // Refused from the head alone: the body is never waited for.
@@ -163,16 +164,22 @@ impl Session {
     }
 }
 
+/// Whether `input` holds an empty line (`\r\n\r\n` or `\n\n`, blank lines before the request
+/// line included), without which no head can be complete.
+fn head_may_be_complete(input: &[u8]) -> bool {
+    input.windows(2).any(|w| w == b"\n\n") || input.windows(3).any(|w| w == b"\n\r\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn steps(bytes: &[u8]) -> Vec<String> {
-        let mut s = Session::new(Limits::DEFAULT, default_policy);
+        let mut s = Session::new(Limits::DEFAULT);
         s.feed(bytes);
         let mut out = Vec::new();
         loop {
-            match s.step() {
+            match s.step(&default_policy) {
                 Step::Wait => return out,
                 Step::Continue => out.push("100".into()),
                 Step::Serve(r) => {

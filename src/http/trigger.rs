@@ -17,7 +17,7 @@ use super::event_loop::{Answer, Service};
 use super::limits::Limits;
 use super::push;
 use super::request::Request;
-use super::session::{default_policy, PolicyFn};
+use super::session::default_policy;
 use super::waiters::Waiters;
 use super::{ApiError, Reply};
 use crate::build::now_ms;
@@ -111,24 +111,25 @@ impl Service for TriggerHandler {
         self.waiters.expire(now);
     }
 
-    fn body_policy(&self) -> PolicyFn {
-        body_policy
+    /// A git host's event on a live hook's URL may carry a large body, whose start is read;
+    /// anything else (an unknown secret above all) gets the listener's default, so that no one
+    /// without a hook URL can make the daemon read or keep more.
+    fn body_policy(&self, req: &Request, limits: &Limits) -> BodyPolicy {
+        match parse_hook_path(&req.path) {
+            Some(path)
+                if path.job.is_none() && self.hook_of(path.project, path.secret).is_some() =>
+            {
+                push::policy(req)
+            }
+            _ => None,
+        }
+        .unwrap_or_else(|| default_policy(req, limits))
     }
 
     fn stopping(&self) {
         self.waiters
             .expire(Instant::now() + Duration::from_secs(MAX_WAIT_SECS + 1));
     }
-}
-
-/// A git host's event on a hook path may carry a large body, whose start is read; anything
-/// else gets the listener's default.
-pub fn body_policy(req: &Request, limits: &Limits) -> BodyPolicy {
-    match parse_hook_path(&req.path) {
-        Some(path) if path.job.is_none() => push::policy(req),
-        _ => None,
-    }
-    .unwrap_or_else(|| default_policy(req, limits))
 }
 
 /// The answers decided by the request alone, before any secret is looked at: a path that is
@@ -236,7 +237,9 @@ impl TriggerHandler {
         };
         match wait {
             Some(wait) if !row.job.state.is_terminal() => {
-                self.waiters.wait(id, answer, Instant::now() + wait);
+                if let Some(answer) = self.waiters.wait(id, answer, Instant::now() + wait) {
+                    return answer.send(move || cors(Reply::json(200, &json!({"job": row.job}))));
+                }
                 // The job may have ended between the read and the registration.
                 if matches!(self.journal.job(id), Ok(Some(r)) if r.job.state.is_terminal()) {
                     self.waiters.ended(id);
@@ -258,8 +261,10 @@ impl TriggerHandler {
         match push::judge(&event, &req.body, &branch) {
             push::Verdict::Build => None,
             push::Verdict::Skip(why) => {
+                // The reason and event name come from the request: quoted, so that a line
+                // break in them cannot forge a log line.
                 log::info!(
-                    "push event skipped: {} `{}`: {why} remote={remote}",
+                    "push event skipped: {} {:?}: {why:?} remote={remote}",
                     event.host,
                     event.name
                 );

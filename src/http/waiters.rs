@@ -12,6 +12,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+/// Callers that may wait at once, below the connection limit, so that long polls alone cannot
+/// fill a listener (past it a caller is answered at once with the job as it is).
+pub const MAX_WAITERS: usize = 8_000;
+
 /// Builds the answer for a job (on the listener thread, when it is written).
 pub type Render = fn(&crate::journal::Journal, &str) -> Reply;
 
@@ -38,22 +42,41 @@ impl Waiters {
         }
     }
 
-    /// Holds `answer` until job `id` ends or `deadline` passes.
-    pub fn wait(&self, id: &str, answer: Answer, deadline: Instant) {
-        self.lock()
+    /// Holds `answer` until job `id` ends or `deadline` passes; gives it back when
+    /// [`MAX_WAITERS`] callers wait already (the caller then answers at once).
+    pub fn wait(&self, id: &str, answer: Answer, deadline: Instant) -> Option<Answer> {
+        let mut waiting = self.lock();
+        if waiting.values().map(Vec::len).sum::<usize>() >= MAX_WAITERS {
+            return Some(answer);
+        }
+        waiting
             .entry(id.to_string())
             .or_default()
             .push(Waiter { answer, deadline });
         self.metrics.waiting_callers.fetch_add(1, Relaxed);
+        None
     }
 
-    /// Job `id` reached a terminal state: answers everyone waiting for it.
+    /// Job `id` reached a terminal state: answers everyone waiting for it. The job is read
+    /// and its answer built once, on the listener thread, for all of them.
     pub fn ended(&self, id: &str) {
         let Some(waiters) = self.lock().remove(id) else {
             return;
         };
+        let shared: Arc<Mutex<Option<Reply>>> = Arc::new(Mutex::new(None));
         for w in waiters {
-            self.send(w.answer, id);
+            self.metrics.waiting_callers.fetch_sub(1, Relaxed);
+            let (journal, id, render, shared) = (
+                self.journal.clone(),
+                id.to_string(),
+                self.render,
+                shared.clone(),
+            );
+            w.answer.send(move || {
+                let mut first = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let reply = first.get_or_insert_with(|| render(&journal, &id));
+                reply.try_clone().unwrap_or_else(|| render(&journal, &id))
+            });
         }
     }
 
