@@ -16,18 +16,22 @@
 //! time and size, so the client reads the answer instead of a reset). A panic while serving
 //! one request costs that connection only.
 
+pub use super::answer::Answer;
+use super::answer::Mailbox;
 use super::body::BodyPolicy;
+use super::conn::{is_out_of_descriptors, refuse_busy, Conn, Fill, Next, Phase, Serving};
 use super::limits::Limits;
 use super::request::Request;
-use super::response::{write_bytes, write_stream, Persistence, Reply};
+use super::response::{write_bytes, Persistence, Reply};
 use super::session::{default_policy, Session, Step, CONTINUE};
+use super::streams::{self, StreamJob};
 use super::ApiError;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,8 +46,6 @@ const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(50);
-/// Bytes read from a socket at a time.
-const READ_CHUNK: usize = 16 * 1024;
 /// When the connection limit is reached, this share of it is shed at once (the least active
 /// connections), so that a flood does not cost a scan per accepted connection.
 const SHED_FRACTION: usize = 64;
@@ -61,63 +63,6 @@ pub trait Service: Send + Sync + 'static {
     /// How much body a request may carry, and how much of it [`Service::serve`] reads.
     fn body_policy(&self, req: &Request, limits: &Limits) -> BodyPolicy {
         default_policy(req, limits)
-    }
-}
-
-/// Builds a reply on the listener thread, so that the thread that finishes a request (the
-/// journal writer) only hands it on.
-type Later = Box<dyn FnOnce() -> Reply + Send>;
-
-/// Answers waiting to be written, and the flag that keeps a burst of them to one wake-up.
-struct Mailbox {
-    answers: Mutex<Vec<(Token, Later)>>,
-    woken: AtomicBool,
-    stopped: AtomicBool,
-    waker: Waker,
-}
-
-impl Mailbox {
-    fn post(&self, token: Token, make: Later) {
-        self.answers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((token, make));
-        self.wake();
-    }
-
-    fn wake(&self) {
-        if !self.woken.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
-                log::warn!("cannot wake a listener: {e}");
-            }
-        }
-    }
-}
-
-/// The way back to one request's connection.
-pub struct Answer {
-    token: Token,
-    /// Taken by the one answer sent.
-    mailbox: Option<Arc<Mailbox>>,
-}
-
-impl Answer {
-    /// Hands the reply to the listener thread; `make` runs there.
-    pub fn send(mut self, make: impl FnOnce() -> Reply + Send + 'static) {
-        if let Some(mailbox) = self.mailbox.take() {
-            mailbox.post(self.token, Box::new(make));
-        }
-    }
-}
-
-impl Drop for Answer {
-    /// An answer dropped unsent (its op lost with a thread that panicked, say) still answers,
-    /// with a `500`, rather than leave its connection waiting for ever.
-    fn drop(&mut self) {
-        if let Some(mailbox) = self.mailbox.take() {
-            let lost = || ApiError::Internal("the request was dropped unanswered".into()).reply();
-            mailbox.post(self.token, Box::new(lost));
-        }
     }
 }
 
@@ -188,53 +133,6 @@ impl Listener {
     }
 }
 
-/// Where a connection is in its request cycle, with the deadline that applies there.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Phase {
-    /// Between requests: closed quietly at the deadline.
-    Idle(Instant),
-    /// Part of a request has arrived: answered `408` at the deadline.
-    Reading(Instant),
-    /// With the service: no deadline (every request is answered).
-    Serving,
-    /// An answer is being written: closed at the deadline.
-    Writing(Instant),
-    /// Refused and answered: the rest of the request is read and dropped until the deadline.
-    Lingering(Instant),
-}
-
-/// What the answer of the request being served depends on.
-struct Serving {
-    version: HTTPVersion,
-    head_only: bool,
-    persistence: Persistence,
-}
-
-struct Conn {
-    stream: TcpStream,
-    remote: SocketAddr,
-    session: Session,
-    output: Vec<u8>,
-    written: usize,
-    /// The output is `100 Continue`: the request goes on once it is out.
-    interim: bool,
-    phase: Phase,
-    serving: Option<Serving>,
-    /// Close once the output is written (the request asked to, or it was refused).
-    close_after: bool,
-    /// After the answer, read and drop what the client still sends before closing.
-    linger: bool,
-    /// Bytes the lingering close may still drop.
-    linger_budget: u64,
-    /// The client has shut its side down: no more requests will come.
-    read_closed: bool,
-    /// Bytes of the current request received so far, and when it (or the idle wait) began:
-    /// who is shed first when the listener is full.
-    request_bytes: u64,
-    since: Instant,
-    opened: Instant,
-}
-
 struct EventLoop {
     poll: Poll,
     socket: TcpListener,
@@ -249,22 +147,6 @@ struct EventLoop {
     /// Streams being written on threads of their own.
     streams: Arc<AtomicUsize>,
     stream_name: String,
-}
-
-/// How a read of everything available ended.
-enum Fill {
-    /// The socket has nothing more (or the client closed its side).
-    Drained,
-    /// The session took no more input; the socket may hold more.
-    Full,
-    Failed,
-}
-
-/// What to do with a connection after working on it.
-#[derive(PartialEq)]
-enum Next {
-    Keep,
-    Close,
 }
 
 impl EventLoop {
@@ -496,19 +378,10 @@ impl EventLoop {
                     conn.serving = Some(Serving {
                         version: req.version.clone(),
                         head_only: req.method == Method::Head,
-                        persistence: if req.close {
-                            Persistence::Close
-                        } else if req.keep_alive_1_0() {
-                            Persistence::KeepAlive1_0
-                        } else {
-                            Persistence::KeepOpen
-                        },
+                        persistence: Persistence::of(&req),
                     });
                     conn.close_after = req.close;
-                    let answer = Answer {
-                        token,
-                        mailbox: Some(self.mailbox.clone()),
-                    };
+                    let answer = Answer::new(token, self.mailbox.clone());
                     let service = &self.service;
                     // A panic drops the answer, which then answers 500.
                     if catch_unwind(AssertUnwindSafe(|| service.serve(req, answer))).is_err() {
@@ -583,25 +456,17 @@ impl EventLoop {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let stream = std::net::TcpStream::from(OwnedFd::from(conn.stream));
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_write_timeout(Some(self.limits.write_timeout));
-        let slot = StreamSlot::take(&self.streams);
-        let spawned = std::thread::Builder::new()
-            .name(self.stream_name.clone())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let _slot = slot;
-                let written = catch_unwind(AssertUnwindSafe(|| {
-                    write_stream(&stream, reply, version, head_only)
-                }));
-                if written.is_err() {
-                    log::error!("a panic while streaming an answer; the connection is closed");
-                }
-                let _ = stream.shutdown(Shutdown::Both);
-            });
-        if let Err(e) = spawned {
-            log::warn!("cannot start a stream thread: {e}");
-        }
+        streams::spawn(
+            stream,
+            StreamJob {
+                reply,
+                version,
+                head_only,
+            },
+            &self.limits,
+            &self.streams,
+            &self.stream_name,
+        );
         Ok(())
     }
 
@@ -636,143 +501,10 @@ impl EventLoop {
     }
 }
 
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
-}
-
-/// Over the connection limit with nothing to shed: a short `503` written without blocking,
-/// then close.
-fn refuse_busy(stream: std::net::TcpStream) {
-    let _ = stream.set_nonblocking(true);
-    let mut out = Vec::new();
-    let _ = write_bytes(
-        &mut out,
-        ApiError::Busy.reply(),
-        HTTPVersion(1, 1),
-        false,
-        Persistence::Close,
-    );
-    let _ = (&stream).write(&out);
-}
-
-/// Counts a stream thread while it lives.
-struct StreamSlot(Arc<AtomicUsize>);
-
-impl StreamSlot {
-    fn take(count: &Arc<AtomicUsize>) -> StreamSlot {
-        count.fetch_add(1, Ordering::SeqCst);
-        StreamSlot(count.clone())
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Conn {
-    /// Reads everything available while the session takes input.
-    fn fill(&mut self) -> Fill {
-        let mut buf = [0u8; READ_CHUNK];
-        while !self.read_closed {
-            if !self.session.wants_input() {
-                return Fill::Full;
-            }
-            match self.stream.read(&mut buf) {
-                Ok(0) => self.read_closed = true,
-                Ok(n) => {
-                    self.request_bytes += n as u64;
-                    self.session.feed(&buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Fill::Drained,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Fill::Failed,
-            }
-        }
-        Fill::Drained
-    }
-
-    /// The lingering close: reads and drops until the client closes, the budget is spent or
-    /// (checked by the deadline sweep) the time is up.
-    fn drain(&mut self) -> Next {
-        let mut buf = [0u8; READ_CHUNK];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Next::Close,
-                Ok(n) => {
-                    self.linger_budget = self.linger_budget.saturating_sub(n as u64);
-                    if self.linger_budget == 0 {
-                        return Next::Close;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Keep,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Next::Close,
-            }
-        }
-    }
-
-    /// Writes as much of the output as the socket takes: `Ok(true)` once all of it is out.
-    fn flush(&mut self) -> io::Result<bool> {
-        while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Once the output is out: go on with the request (after `100 Continue`), linger, close,
-    /// or wait for the next request.
-    fn after_output(&mut self, limits: &Limits) -> Next {
-        self.output.clear();
-        self.written = 0;
-        if std::mem::take(&mut self.interim) {
-            return Next::Keep;
-        }
-        if self.close_after {
-            // Let the client read the answer before the socket closes under it.
-            let _ = self.stream.shutdown(Shutdown::Write);
-            if self.linger && !self.read_closed {
-                self.phase = Phase::Lingering(Instant::now() + limits.linger_time);
-                return Next::Keep;
-            }
-            return Next::Close;
-        }
-        self.session.answered();
-        let now = Instant::now();
-        self.phase = Phase::Idle(now + limits.idle_timeout);
-        (self.request_bytes, self.since) = (0, now);
-        Next::Keep
-    }
-
-    /// Answers `err`, then lingers and closes.
-    fn refuse(&mut self, err: ApiError, limits: &Limits) {
-        self.close_after = true;
-        self.linger = true;
-        self.serving = None;
-        self.output.clear();
-        self.interim = false;
-        let _ = write_bytes(
-            &mut self.output,
-            err.reply(),
-            HTTPVersion(1, 1),
-            false,
-            Persistence::Close,
-        );
-        self.written = 0;
-        self.phase = Phase::Writing(Instant::now() + limits.write_timeout);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     /// Answers `/panic` by panicking, anything else `200` with its path.
     struct Echo;
@@ -841,29 +573,5 @@ mod tests {
         }
         assert!(closed >= 1, "no idle connection was shed");
         l.stop();
-    }
-
-    #[test]
-    fn an_answer_dropped_unsent_still_answers_500() {
-        let poll = Poll::new().unwrap();
-        let mailbox = Arc::new(Mailbox {
-            answers: Mutex::new(Vec::new()),
-            woken: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            waker: Waker::new(poll.registry(), WAKER).unwrap(),
-        });
-        let answer = |n| Answer {
-            token: Token(n),
-            mailbox: Some(mailbox.clone()),
-        };
-        answer(7).send(|| Reply::text(201, "made".into()));
-        drop(answer(8));
-        let answers = std::mem::take(&mut *mailbox.answers.lock().unwrap());
-        let got: Vec<(usize, u16)> = answers
-            .into_iter()
-            .map(|(token, make)| (token.0, make().status))
-            .collect();
-        assert_eq!(got, [(7, 201), (8, 500)]);
-        assert!(mailbox.woken.load(Ordering::SeqCst));
     }
 }

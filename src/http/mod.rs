@@ -4,7 +4,9 @@
 //! place where an error becomes an HTTP status. The admin socket is not HTTP: it lives in
 //! `crate::admin`.
 
+pub mod answer;
 pub mod body;
+mod conn;
 pub mod event_loop;
 pub mod limits;
 pub mod page;
@@ -14,6 +16,7 @@ pub mod request;
 pub mod response;
 pub mod session;
 pub mod status;
+mod streams;
 pub mod trigger;
 pub mod waiters;
 pub mod workers;
@@ -50,13 +53,7 @@ pub fn exchange_offline(bytes: &[u8]) -> Vec<u8> {
                         Err(e) => e.reply(),
                     }
                 });
-                let persistence = if req.close {
-                    Persistence::Close
-                } else if req.keep_alive_1_0() {
-                    Persistence::KeepAlive1_0
-                } else {
-                    Persistence::KeepOpen
-                };
+                let persistence = Persistence::of(&req);
                 let head_only = req.method == tiny_http::Method::Head;
                 let _ = write_bytes(&mut out, reply, req.version.clone(), head_only, persistence);
                 if req.close {
@@ -75,6 +72,7 @@ pub enum ApiError {
     NotFound,
     /// The method is not served on this path; carries the `Allow` value.
     MethodNotAllowed(&'static str),
+    /// The request is malformed or a parameter is invalid; carries what was wrong.
     BadRequest(String),
     /// An `Expect` other than `100-continue`.
     ExpectationFailed,
@@ -84,6 +82,7 @@ pub enum ApiError {
     BodyTooLarge,
     /// The request did not arrive in time.
     RequestTimeout,
+    /// An HTTP version other than 1.0 and 1.1.
     VersionNotSupported,
     /// Too many open connections.
     Busy,
@@ -94,6 +93,7 @@ pub enum ApiError {
     Unreadable {
         retry: bool,
     },
+    /// A bug or an unexpected failure; the detail goes to the log, never to the client.
     Internal(String),
 }
 

@@ -124,6 +124,19 @@ pub enum Persistence {
     Close,
 }
 
+impl Persistence {
+    /// What `req` asked for: closed after the answer, or kept open (and said so to HTTP/1.0).
+    pub fn of(req: &super::request::Request) -> Persistence {
+        if req.close {
+            Persistence::Close
+        } else if req.keep_alive_1_0() {
+            Persistence::KeepAlive1_0
+        } else {
+            Persistence::KeepOpen
+        }
+    }
+}
+
 /// Writes `reply` with a `Bytes` body into `out`. Returns the stream producer untouched when
 /// the body is a stream (see [`write_stream`]).
 pub fn write_bytes(
