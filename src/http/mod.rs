@@ -90,9 +90,7 @@ pub enum ApiError {
     Unavailable,
     /// The journal could not be read; nothing was being written. `retry`: the failure may pass
     /// by itself (an I/O error, the journal being reopened), rather than a damaged file.
-    Unreadable {
-        retry: bool,
-    },
+    Unreadable { retry: bool },
     /// A bug or an unexpected failure; the detail goes to the log, never to the client.
     Internal(String),
 }
