@@ -467,6 +467,46 @@ impl Drop for Daemon {
     }
 }
 
+/// Says that the calling test did not check what it is about, and why (the caller returns right
+/// after), where a reader sees it: on stderr, written directly (libtest captures `eprintln!` of a
+/// passing test, not writes to the stderr handle), and as a line appended to the file
+/// `$DEPLOYHOOK_SKIPPED` names, when set (`.ci/run` prints that file as its summary). The test
+/// itself still shows `ok`: libtest has no verdict for a skip decided at run time.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    let line = format!("SKIPPED {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("DEPLOYHOOK_SKIPPED") {
+        // One write of one short line to a file opened for appending: lines of tests running
+        // at once do not interleave.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        match file {
+            Ok(mut file) => {
+                let _ = file.write_all(line.as_bytes());
+            }
+            Err(e) => panic!("cannot record the skip in {}: {e}", path.to_string_lossy()),
+        }
+    }
+}
+
+/// Whether this is a CI run (`CI` set to anything but `false` or empty, as CI services and
+/// `.ci/run` do), where everything the tests need is installed and a skip is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// [`skip`], except under CI, where the test must run: there it fails with `reason`.
+pub fn skip_unless_ci(reason: &str) {
+    assert!(!in_ci(), "this test must run in CI, but: {reason}");
+    skip(reason);
+}
+
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
