@@ -184,18 +184,28 @@ impl Wal {
 
     /// Whether the next batch should be a durable redb commit.
     pub fn checkpoint_due(&self) -> bool {
+        self.checkpoint_due_at(Instant::now())
+    }
+
+    /// [`Wal::checkpoint_due`] with the clock read by the caller (tests pass their own time).
+    fn checkpoint_due_at(&self, now: Instant) -> bool {
         self.must_checkpoint
             || self.records >= self.max_records
             || self.end >= CHECKPOINT_BYTES
-            || self.last_checkpoint.elapsed() >= self.every
+            || now.saturating_duration_since(self.last_checkpoint) >= self.every
     }
 
     /// A durable redb commit holds every batch up to `seq`: the log starts over.
     pub fn checkpointed(&mut self, seq: u64) {
+        self.checkpointed_at(seq, Instant::now());
+    }
+
+    /// [`Wal::checkpointed`] at the time `now`.
+    fn checkpointed_at(&mut self, seq: u64, now: Instant) {
         self.seq = seq;
         self.end = 0;
         self.records = 0;
-        self.last_checkpoint = Instant::now();
+        self.last_checkpoint = now;
         self.must_checkpoint = false;
     }
 
@@ -335,11 +345,15 @@ mod tests {
         assert!(wal.checkpoint_due());
         mem.fail_sync
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        wal.checkpointed(7);
+        let t0 = Instant::now();
+        wal.checkpointed_at(7, t0);
         wal.every = Duration::from_millis(30);
-        assert!(!wal.checkpoint_due());
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(wal.checkpoint_due(), "after `every`");
+        assert!(!wal.checkpoint_due_at(t0));
+        assert!(!wal.checkpoint_due_at(t0 + Duration::from_millis(29)));
+        assert!(
+            wal.checkpoint_due_at(t0 + Duration::from_millis(30)),
+            "after `every`"
+        );
     }
 
     #[test]
