@@ -184,6 +184,19 @@ pub fn write_config(dir: &Path, extra: &str, projects: &[ProjectSpec]) -> PathBu
     path
 }
 
+/// Sets `kill_grace_secs` in a config [`write_config`] wrote. A grace period far longer than any
+/// stop or start on a busy machine lets a test tell "did not wait for it" from "waited" without
+/// timing anything closely.
+pub fn set_kill_grace(config: &Path, secs: u64) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains("kill_grace_secs = 2\n"), "{text}");
+    let text = text.replace(
+        "kill_grace_secs = 2\n",
+        &format!("kill_grace_secs = {secs}\n"),
+    );
+    std::fs::write(config, text).unwrap();
+}
+
 /// A running `deployhook serve`.
 pub struct Daemon {
     pub config: PathBuf,
@@ -505,6 +518,13 @@ pub fn in_ci() -> bool {
 pub fn skip_unless_ci(reason: &str) {
     assert!(!in_ci(), "this test must run in CI, but: {reason}");
     skip(reason);
+}
+
+/// The wall clock in Unix milliseconds, as the daemon stamps jobs.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
