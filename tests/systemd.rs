@@ -92,7 +92,13 @@ fn spawn_activated(
     fds: &[i32],
 ) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
     use std::os::unix::process::CommandExt;
-    let fds = fds.to_vec();
+    // Everything the child runs between fork and exec is prepared here: it must not allocate
+    // (another thread may hold the allocator's lock at the fork).
+    const MOST: usize = 8;
+    assert!(fds.len() <= MOST);
+    let mut wanted = [-1; MOST];
+    wanted[..fds.len()].copy_from_slice(fds);
+    let count = fds.len();
     let mut cmd = Command::new("sh");
     cmd.args([
         "-c",
@@ -105,20 +111,20 @@ fn spawn_activated(
     .arg(config)
     .stdin(Stdio::null())
     .stderr(Stdio::piped());
-    // SAFETY: between fork and exec only fcntl and dup2 run, which are async-signal-safe.
-    // The sockets are first copied above 100, so that moving them to 3, 4… cannot overwrite one
-    // that is still to be moved; dup2 clears close-on-exec on the copies.
+    // SAFETY: between fork and exec only fcntl and dup2 run, which are async-signal-safe, on
+    // arrays on the stack: nothing allocates. The sockets are first copied above 100, so that
+    // moving them to 3, 4… cannot overwrite one that is still to be moved; dup2 clears
+    // close-on-exec on the copies.
     unsafe {
         cmd.pre_exec(move || {
-            let mut high = Vec::new();
-            for &fd in &fds {
-                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
-                if copy < 0 {
+            let mut high = [-1; MOST];
+            for (copy, &fd) in high.iter_mut().zip(&wanted[..count]) {
+                *copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                if *copy < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                high.push(copy);
             }
-            for (i, &fd) in high.iter().enumerate() {
+            for (i, &fd) in high[..count].iter().enumerate() {
                 if libc::dup2(fd, 3 + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
