@@ -508,6 +508,16 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// Whether the slow tests run: `DEPLOYHOOK_SLOW_TESTS=1` (`.ci/run` sets it). If not, the
+/// calling test is reported skipped; it returns at once.
+pub fn slow_tests_enabled() -> bool {
+    let on = std::env::var_os("DEPLOYHOOK_SLOW_TESTS").is_some_and(|v| v == "1");
+    if !on {
+        skip("slow; set DEPLOYHOOK_SLOW_TESTS=1 to run it");
+    }
+    on
+}
+
 /// Whether this is a CI run (`CI` set to anything but `false` or empty, as CI services and
 /// `.ci/run` do), where everything the tests need is installed and a skip is a failure.
 pub fn in_ci() -> bool {
