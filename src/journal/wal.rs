@@ -119,17 +119,18 @@ pub fn decode(bytes: &[u8]) -> Vec<(u64, Vec<Op>)> {
 /// The records to replay on top of a database that holds batches up to `held`: the
 /// consecutive run that starts right after it.
 pub fn to_replay(records: Vec<(u64, Vec<Op>)>, held: u64) -> Vec<(u64, Vec<Op>)> {
-    let mut next = held + 1;
+    // `None` past the last sequence number: nothing can follow it.
+    let mut next = held.checked_add(1);
     let mut out = Vec::new();
     for (seq, ops) in records {
         if seq <= held && out.is_empty() {
             continue;
         }
-        if seq != next {
+        if Some(seq) != next {
             break;
         }
         out.push((seq, ops));
-        next += 1;
+        next = seq.checked_add(1);
     }
     out
 }
@@ -388,5 +389,9 @@ mod tests {
         // A gap (a record lost) ends the replay.
         let gap = decode(&[record(6), record(8)].concat());
         assert_eq!(seqs(&to_replay(gap, 5)), [6]);
+        // So does the last sequence number, without overflowing.
+        let last = decode(&[record(u64::MAX), record(0)].concat());
+        assert_eq!(seqs(&to_replay(last.clone(), u64::MAX - 1)), [u64::MAX]);
+        assert!(to_replay(last, u64::MAX).is_empty());
     }
 }
