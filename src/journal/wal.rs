@@ -76,7 +76,11 @@ fn digest(seq: u64, payload: &[u8]) -> [u8; 16] {
 
 /// One record, ready to be written.
 pub fn encode(seq: u64, ops: &[&Op]) -> Result<Vec<u8>, JournalError> {
-    let payload = encode_json("a write-ahead log record", &ops)?;
+    frame(seq, &encode_json("a write-ahead log record", &ops)?)
+}
+
+/// The record of batch `seq` whose ops are `payload`.
+fn frame(seq: u64, payload: &[u8]) -> Result<Vec<u8>, JournalError> {
     let len = u32::try_from(payload.len()).map_err(|_| JournalError::BatchTooLarge {
         bytes: payload.len(),
     })?;
@@ -84,9 +88,38 @@ pub fn encode(seq: u64, ops: &[&Op]) -> Result<Vec<u8>, JournalError> {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&digest(seq, &payload));
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&digest(seq, payload));
+    out.extend_from_slice(payload);
     Ok(out)
+}
+
+/// The fuzz target `wal_decoder`'s entry point. Reads `bytes` as a whole log and, so that the
+/// fuzzer gets past the digest, as a sequence number (8 bytes) and the ops of one well-framed
+/// record. Every record decoded must encode and decode to itself, and a replay must be a
+/// consecutive run after the number the database holds. Panics when a rule is broken.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) {
+    let mut records = decode(bytes);
+    let (seq, payload) = match bytes.split_first_chunk::<8>() {
+        Some((seq, payload)) => (u64::from_le_bytes(*seq), payload),
+        None => (0, bytes),
+    };
+    if let Ok(record) = frame(seq, payload) {
+        records.extend(decode(&record));
+    }
+    for (seq, ops) in &records {
+        let refs: Vec<&Op> = ops.iter().collect();
+        let again = encode(*seq, &refs).expect("a decoded batch encodes");
+        let back = decode(&again);
+        assert_eq!(back.len(), 1, "one record decodes to one record");
+        assert_eq!(back[0].0, *seq);
+        assert_eq!(format!("{:?}", back[0].1), format!("{ops:?}"));
+    }
+    let held = records.first().map_or(0, |(seq, _)| seq.saturating_sub(1));
+    let replay = to_replay(records, held);
+    for (i, (seq, _)) in replay.iter().enumerate() {
+        assert_eq!(Some(*seq), held.checked_add(1 + i as u64));
+    }
 }
 
 /// The records of a log's content, in file order, up to the first that is torn or not a
