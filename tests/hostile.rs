@@ -142,8 +142,12 @@ fn three_hundred_idle_connections_do_not_starve_triggers() {
     drop(idle);
 }
 
+/// Slow (it takes the whole 10 s request limit): runs with `DEPLOYHOOK_SLOW_TESTS=1`.
 #[test]
 fn a_client_sending_one_byte_a_second_is_cut_off() {
+    if !slow_tests_enabled() {
+        return;
+    }
     let s = setup("hslow", "true", &[("a", "1")], "");
     let addr = s.daemon.public;
     let slow = std::thread::spawn(move || {

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::process::{Command, Stdio};
@@ -91,7 +92,13 @@ fn spawn_activated(
     fds: &[i32],
 ) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
     use std::os::unix::process::CommandExt;
-    let fds = fds.to_vec();
+    // Everything the child runs between fork and exec is prepared here: it must not allocate
+    // (another thread may hold the allocator's lock at the fork).
+    const MOST: usize = 8;
+    assert!(fds.len() <= MOST);
+    let mut wanted = [-1; MOST];
+    wanted[..fds.len()].copy_from_slice(fds);
+    let count = fds.len();
     let mut cmd = Command::new("sh");
     cmd.args([
         "-c",
@@ -104,20 +111,20 @@ fn spawn_activated(
     .arg(config)
     .stdin(Stdio::null())
     .stderr(Stdio::piped());
-    // SAFETY: between fork and exec only fcntl and dup2 run, which are async-signal-safe.
-    // The sockets are first copied above 100, so that moving them to 3, 4… cannot overwrite one
-    // that is still to be moved; dup2 clears close-on-exec on the copies.
+    // SAFETY: between fork and exec only fcntl and dup2 run, which are async-signal-safe, on
+    // arrays on the stack: nothing allocates. The sockets are first copied above 100, so that
+    // moving them to 3, 4… cannot overwrite one that is still to be moved; dup2 clears
+    // close-on-exec on the copies.
     unsafe {
         cmd.pre_exec(move || {
-            let mut high = Vec::new();
-            for &fd in &fds {
-                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
-                if copy < 0 {
+            let mut high = [-1; MOST];
+            for (copy, &fd) in high.iter_mut().zip(&wanted[..count]) {
+                *copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                if *copy < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                high.push(copy);
             }
-            for (i, &fd) in high.iter().enumerate() {
+            for (i, &fd) in high[..count].iter().enumerate() {
                 if libc::dup2(fd, 3 + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -186,13 +193,24 @@ fn sockets_passed_by_systemd_are_used_and_hold_triggers_across_a_restart() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
-    let waiting = std::thread::spawn(move || http(pa, "POST", &path, &[], b""));
-    std::thread::sleep(Duration::from_millis(300));
+    // A trigger sent while no daemon runs: the kernel completes the connection on the listening
+    // socket and holds it, with the request, in the socket's queue.
+    let mut waiting = TcpStream::connect_timeout(&pa, Duration::from_secs(5)).unwrap();
+    waiting
+        .write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
     let (mut child, _err) = spawn_activated(&config, &[public.as_raw_fd(), status.as_raw_fd()]);
-    let answer = waiting.join().unwrap();
-    assert_eq!(
-        answer.status, 201,
-        "a trigger sent during the restart was lost"
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = waiting.read_to_end(&mut raw);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 201"),
+        "a trigger sent during the restart was lost: {}",
+        String::from_utf8_lossy(&raw)
     );
     Command::new("kill")
         .args(["-KILL", &child.id().to_string()])

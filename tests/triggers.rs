@@ -181,12 +181,13 @@ fn hooks_list_shows_the_hook_fields_and_never_a_secret() {
         before["hooks"][0]["lastTriggeredAt"],
         serde_json::Value::Null
     );
-    let mut newest = String::new();
+    let mut created = 0;
     for _ in 0..3 {
-        newest = s.daemon.trigger(&s.path);
-        std::thread::sleep(Duration::from_millis(5));
+        let id = s.daemon.trigger(&s.path);
+        created = s.daemon.job(&id)["createdAt"].as_u64().unwrap();
+        // The next job is created in a later millisecond, so that the times differ.
+        assert!(wait_until(Duration::from_secs(1), || now_ms() > created));
     }
-    let created = s.daemon.job(&newest)["createdAt"].as_u64().unwrap();
     let listing = format!("/jobs?hook={}", s.hook);
     assert!(wait_until(Duration::from_secs(10), || {
         http(s.daemon.status, "GET", &listing, &[], b"").json()["jobs"]

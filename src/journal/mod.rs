@@ -37,6 +37,8 @@ pub use error::{JournalError, ReadError};
 pub use ops::{CommitStats, Op, Outcome};
 pub use reads::JobFilter;
 pub use records::{Hook, Job, JobRow, JobState};
+#[doc(hidden)]
+pub use wal::fuzz_decode;
 pub use wal::LogFile;
 pub use writer::Writer;
 

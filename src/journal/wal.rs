@@ -76,7 +76,11 @@ fn digest(seq: u64, payload: &[u8]) -> [u8; 16] {
 
 /// One record, ready to be written.
 pub fn encode(seq: u64, ops: &[&Op]) -> Result<Vec<u8>, JournalError> {
-    let payload = encode_json("a write-ahead log record", &ops)?;
+    frame(seq, &encode_json("a write-ahead log record", &ops)?)
+}
+
+/// The record of batch `seq` whose ops are `payload`.
+fn frame(seq: u64, payload: &[u8]) -> Result<Vec<u8>, JournalError> {
     let len = u32::try_from(payload.len()).map_err(|_| JournalError::BatchTooLarge {
         bytes: payload.len(),
     })?;
@@ -84,9 +88,38 @@ pub fn encode(seq: u64, ops: &[&Op]) -> Result<Vec<u8>, JournalError> {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&digest(seq, &payload));
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&digest(seq, payload));
+    out.extend_from_slice(payload);
     Ok(out)
+}
+
+/// The fuzz target `wal_decoder`'s entry point. Reads `bytes` as a whole log and, so that the
+/// fuzzer gets past the digest, as a sequence number (8 bytes) and the ops of one well-framed
+/// record. Every record decoded must encode and decode to itself, and a replay must be a
+/// consecutive run after the number the database holds. Panics when a rule is broken.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) {
+    let mut records = decode(bytes);
+    let (seq, payload) = match bytes.split_first_chunk::<8>() {
+        Some((seq, payload)) => (u64::from_le_bytes(*seq), payload),
+        None => (0, bytes),
+    };
+    if let Ok(record) = frame(seq, payload) {
+        records.extend(decode(&record));
+    }
+    for (seq, ops) in &records {
+        let refs: Vec<&Op> = ops.iter().collect();
+        let again = encode(*seq, &refs).expect("a decoded batch encodes");
+        let back = decode(&again);
+        assert_eq!(back.len(), 1, "one record decodes to one record");
+        assert_eq!(back[0].0, *seq);
+        assert_eq!(format!("{:?}", back[0].1), format!("{ops:?}"));
+    }
+    let held = records.first().map_or(0, |(seq, _)| seq.saturating_sub(1));
+    let replay = to_replay(records, held);
+    for (i, (seq, _)) in replay.iter().enumerate() {
+        assert_eq!(Some(*seq), held.checked_add(1 + i as u64));
+    }
 }
 
 /// The records of a log's content, in file order, up to the first that is torn or not a
@@ -119,17 +152,18 @@ pub fn decode(bytes: &[u8]) -> Vec<(u64, Vec<Op>)> {
 /// The records to replay on top of a database that holds batches up to `held`: the
 /// consecutive run that starts right after it.
 pub fn to_replay(records: Vec<(u64, Vec<Op>)>, held: u64) -> Vec<(u64, Vec<Op>)> {
-    let mut next = held + 1;
+    // `None` past the last sequence number: nothing can follow it.
+    let mut next = held.checked_add(1);
     let mut out = Vec::new();
     for (seq, ops) in records {
         if seq <= held && out.is_empty() {
             continue;
         }
-        if seq != next {
+        if Some(seq) != next {
             break;
         }
         out.push((seq, ops));
-        next += 1;
+        next = seq.checked_add(1);
     }
     out
 }
@@ -184,18 +218,28 @@ impl Wal {
 
     /// Whether the next batch should be a durable redb commit.
     pub fn checkpoint_due(&self) -> bool {
+        self.checkpoint_due_at(Instant::now())
+    }
+
+    /// [`Wal::checkpoint_due`] with the clock read by the caller (tests pass their own time).
+    fn checkpoint_due_at(&self, now: Instant) -> bool {
         self.must_checkpoint
             || self.records >= self.max_records
             || self.end >= CHECKPOINT_BYTES
-            || self.last_checkpoint.elapsed() >= self.every
+            || now.saturating_duration_since(self.last_checkpoint) >= self.every
     }
 
     /// A durable redb commit holds every batch up to `seq`: the log starts over.
     pub fn checkpointed(&mut self, seq: u64) {
+        self.checkpointed_at(seq, Instant::now());
+    }
+
+    /// [`Wal::checkpointed`] at the time `now`.
+    fn checkpointed_at(&mut self, seq: u64, now: Instant) {
         self.seq = seq;
         self.end = 0;
         self.records = 0;
-        self.last_checkpoint = Instant::now();
+        self.last_checkpoint = now;
         self.must_checkpoint = false;
     }
 
@@ -335,11 +379,15 @@ mod tests {
         assert!(wal.checkpoint_due());
         mem.fail_sync
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        wal.checkpointed(7);
+        let t0 = Instant::now();
+        wal.checkpointed_at(7, t0);
         wal.every = Duration::from_millis(30);
-        assert!(!wal.checkpoint_due());
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(wal.checkpoint_due(), "after `every`");
+        assert!(!wal.checkpoint_due_at(t0));
+        assert!(!wal.checkpoint_due_at(t0 + Duration::from_millis(29)));
+        assert!(
+            wal.checkpoint_due_at(t0 + Duration::from_millis(30)),
+            "after `every`"
+        );
     }
 
     #[test]
@@ -374,5 +422,9 @@ mod tests {
         // A gap (a record lost) ends the replay.
         let gap = decode(&[record(6), record(8)].concat());
         assert_eq!(seqs(&to_replay(gap, 5)), [6]);
+        // So does the last sequence number, without overflowing.
+        let last = decode(&[record(u64::MAX), record(0)].concat());
+        assert_eq!(seqs(&to_replay(last.clone(), u64::MAX - 1)), [u64::MAX]);
+        assert!(to_replay(last, u64::MAX).is_empty());
     }
 }

@@ -184,6 +184,19 @@ pub fn write_config(dir: &Path, extra: &str, projects: &[ProjectSpec]) -> PathBu
     path
 }
 
+/// Sets `kill_grace_secs` in a config [`write_config`] wrote. A grace period far longer than any
+/// stop or start on a busy machine lets a test tell "did not wait for it" from "waited" without
+/// timing anything closely.
+pub fn set_kill_grace(config: &Path, secs: u64) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains("kill_grace_secs = 2\n"), "{text}");
+    let text = text.replace(
+        "kill_grace_secs = 2\n",
+        &format!("kill_grace_secs = {secs}\n"),
+    );
+    std::fs::write(config, text).unwrap();
+}
+
 /// A running `deployhook serve`.
 pub struct Daemon {
     pub config: PathBuf,
@@ -465,6 +478,63 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Says that the calling test did not check what it is about, and why (the caller returns right
+/// after), where a reader sees it: on stderr, written directly (libtest captures `eprintln!` of a
+/// passing test, not writes to the stderr handle), and as a line appended to the file
+/// `$DEPLOYHOOK_SKIPPED` names, when set (`.ci/run` prints that file as its summary). The test
+/// itself still shows `ok`: libtest has no verdict for a skip decided at run time.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    let line = format!("SKIPPED {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("DEPLOYHOOK_SKIPPED") {
+        // One write of one short line to a file opened for appending: lines of tests running
+        // at once do not interleave.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        match file {
+            Ok(mut file) => {
+                let _ = file.write_all(line.as_bytes());
+            }
+            Err(e) => panic!("cannot record the skip in {}: {e}", path.to_string_lossy()),
+        }
+    }
+}
+
+/// Whether the slow tests run: `DEPLOYHOOK_SLOW_TESTS=1` (`.ci/run` sets it). If not, the
+/// calling test is reported skipped; it returns at once.
+pub fn slow_tests_enabled() -> bool {
+    let on = std::env::var_os("DEPLOYHOOK_SLOW_TESTS").is_some_and(|v| v == "1");
+    if !on {
+        skip("slow; set DEPLOYHOOK_SLOW_TESTS=1 to run it");
+    }
+    on
+}
+
+/// Whether this is a CI run (`CI` set to anything but `false` or empty, as CI services and
+/// `.ci/run` do), where everything the tests need is installed and a skip is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// [`skip`], except under CI, where the test must run: there it fails with `reason`.
+pub fn skip_unless_ci(reason: &str) {
+    assert!(!in_ci(), "this test must run in CI, but: {reason}");
+    skip(reason);
+}
+
+/// The wall clock in Unix milliseconds, as the daemon stamps jobs.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
