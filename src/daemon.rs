@@ -19,10 +19,11 @@ use crate::http::status::StatusHandler;
 use crate::http::trigger::TriggerHandler;
 use crate::http::waiters::Waiters;
 use crate::http::workers::Pool;
+use crate::job::QueuedJob;
 use crate::journal::{JobState, Journal, JournalError, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::notify;
-use crate::scheduler::{self, Event, QueuedJob};
+use crate::scheduler::{self, Event};
 use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -95,7 +96,7 @@ fn prepare_state(config: &Config, janitor: &Sender<PathBuf>) -> Result<(), Daemo
     if builds.exists() {
         let stale = config
             .state_dir
-            .join(format!("builds.stale-{}", build::now_ms()));
+            .join(format!("builds.stale-{}", crate::clock::now_ms()));
         std::fs::rename(&builds, &stale)
             .map_err(|e| startup(format!("cannot move aside {}", builds.display()), e))?;
     }
@@ -261,7 +262,7 @@ pub fn run(mut config: Config) -> Result<(), DaemonError> {
     let admin_listener = admin::bind(&config.admin_socket, config.admin_group.as_deref())
         .map_err(|e| DaemonError::Startup(e.to_string()))?;
     let (janitor_tx, janitor_rx) = crossbeam_channel::unbounded();
-    spawn("janitor", move || build::janitor(janitor_rx))?;
+    spawn("janitor", move || crate::janitor::run(janitor_rx))?;
     prepare_state(&config, &janitor_tx)?;
     let journal_path = config.journal_path();
     let (journal, writer) = Journal::open(&journal_path).map_err(|e| {

@@ -6,12 +6,15 @@ pub mod admin;
 pub mod args;
 pub mod build;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 mod env_file;
 mod git_access;
 pub mod http;
+pub mod janitor;
+pub mod job;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
@@ -19,5 +22,7 @@ pub mod notify;
 mod redact;
 pub mod scheduler;
 pub mod secret;
-mod sys;
+/// Thin wrappers over what std lacks (process groups, umask, file-system flags); public for the
+/// benchmarks, which time cancellation and checkouts with them.
+pub mod sys;
 pub mod timefmt;

@@ -10,38 +10,12 @@
 //! about finished builds from the build threads, and hands jobs to the build pool over a
 //! channel. Nothing else mutates scheduling state.
 
-use crate::build::{Control, StopReason};
+use crate::job::{Control, QueuedJob, StopReason};
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-
-/// A job as the scheduler and the build threads see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedJob {
-    pub id: String,
-    pub hook_id: String,
-    pub hook_name: String,
-    pub project: String,
-    pub branch: String,
-    /// A build of this job was started before and interrupted (daemon stop or crash).
-    pub restarted: bool,
-}
-
-impl QueuedJob {
-    /// The scheduler's view of a stored job.
-    pub fn from_row(row: &crate::journal::JobRow, restarted: bool) -> QueuedJob {
-        QueuedJob {
-            id: row.job.id.clone(),
-            hook_id: row.job.hook_id.clone(),
-            hook_name: row.hook_name.clone(),
-            project: row.job.project.clone(),
-            branch: row.job.branch.clone(),
-            restarted,
-        }
-    }
-}
 
 /// What the plan asks the scheduler thread to do.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,8 +7,9 @@
 mod common;
 
 use common::TempDir;
+use deployhook::job::QueuedJob;
 use deployhook::journal::{Hook, JobState, Journal, Op, Outcome};
-use deployhook::scheduler::{Action, Plan, QueuedJob};
+use deployhook::scheduler::{Action, Plan};
 use deployhook::secret::hash_secret;
 use std::collections::{BTreeMap, BTreeSet};
 

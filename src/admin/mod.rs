@@ -9,7 +9,7 @@
 mod operator;
 pub mod protocol;
 
-use crate::build::now_ms;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::journal::{Hook, Journal, JournalError, Op, Outcome, ReadError};
 use crate::secret::{self, RandomError};

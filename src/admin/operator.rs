@@ -4,7 +4,7 @@
 
 use super::protocol::{Canceled, NewJob, Rotated, Triggered};
 use super::{Admin, AdminError};
-use crate::build::now_ms;
+use crate::clock::now_ms;
 use crate::config::{Config, Project};
 use crate::git_access::GitAccess;
 use crate::journal::{JobState, Op, Outcome};

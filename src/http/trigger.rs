@@ -20,7 +20,7 @@ use super::request::Request;
 use super::session::default_policy;
 use super::waiters::Waiters;
 use super::{ApiError, Reply};
-use crate::build::now_ms;
+use crate::clock::now_ms;
 use crate::config::is_project_name;
 use crate::journal::{Journal, Op, Outcome, SecretLookup};
 use crate::metrics::{Metrics, TriggerResult};

@@ -1,0 +1,39 @@
+//! Builds: the pool of build threads that turn a queued job into a terminal state, each build
+//! in a fresh directory from a fresh checkout, every child in a process group of its own.
+//!
+//! - `worker.rs`: a build thread's loop and one job's steps, down to its verdict;
+//! - `checkout.rs`: the project's git mirror and the job's `--shared` clone;
+//! - `process.rs`: child processes and their groups (run, stop, kill escaped ones, reap orphans);
+//! - `job_log.rs`: the job's log file and its size cap.
+//!
+//! Build threads hear of jobs from the scheduler ([`Assignment`](crate::scheduler::Assignment))
+//! and tell it when they are done; a build is stopped through its [`Control`](crate::job::Control).
+
+mod checkout;
+mod job_log;
+mod process;
+mod worker;
+
+pub use process::{kill_by_job_id, reap_orphans};
+pub use worker::worker;
+
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::scheduler::Event;
+use crossbeam_channel::Sender;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// What every build thread shares.
+#[derive(Clone)]
+pub struct Context {
+    pub journal: Journal,
+    /// The running configuration; a reload swaps it for jobs that start afterwards.
+    pub config: Arc<RwLock<Arc<Config>>>,
+    pub metrics: Arc<Metrics>,
+    /// Where a build thread says it is done with a job.
+    pub scheduler: Sender<Event>,
+    /// Where finished build directories go to be deleted in the background.
+    pub janitor: Sender<PathBuf>,
+}

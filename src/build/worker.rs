@@ -1,0 +1,316 @@
+//! A build thread's work: one job at a time, from a fresh directory to a terminal state.
+//!
+//! A job's steps: mark it BUILDING, check out the branch head into `builds/{job}.{attempt}`,
+//! record the commit, run `sh -c "$build"` there, record the outcome ([`Verdict`]), hand the
+//! directory to the janitor. A job stopped by a newer trigger is already CANCELED in the
+//! journal; one stopped by a daemon shutdown is put back to PENDING.
+
+use super::checkout::{checkout, head_commit, CheckoutFailed, Steps};
+use super::job_log::{mask, say, Log, SharedLog};
+use super::process::{describe, run_step, Step};
+use super::Context;
+use crate::clock::now_ms;
+use crate::config::{Config, Project};
+use crate::git_access::GitAccess;
+use crate::job::{Control, QueuedJob, StopReason};
+use crate::journal::{JobState, Op, Outcome};
+use crate::scheduler::{Assignment, Event};
+use crossbeam_channel::Receiver;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How long a build thread keeps retrying a journal write that fails (disk full) before it
+/// gives up; a job whose outcome could not be written is retried after the next restart.
+const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// A build thread: runs assignments until the pool channel closes.
+pub fn worker(ctx: Context, pool: Receiver<Assignment>) {
+    for Assignment { job, control } in pool {
+        ctx.metrics.workers_busy.fetch_add(1, Relaxed);
+        run_job(&ctx, &job, &control);
+        ctx.metrics.workers_busy.fetch_sub(1, Relaxed);
+        let _ = ctx.scheduler.send(Event::Finished {
+            job_id: job.id.clone(),
+        });
+    }
+}
+
+/// Final word on a job, to be written to the journal.
+struct Verdict {
+    state: JobState,
+    exit_code: Option<i32>,
+    error: Option<String>,
+}
+
+impl Verdict {
+    fn error(message: impl Into<String>) -> Verdict {
+        Verdict {
+            state: JobState::Error,
+            exit_code: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+fn run_job(ctx: &Context, job: &QueuedJob, control: &Control) {
+    if control.reason().is_some() {
+        return;
+    }
+    let config = ctx
+        .config
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let start = Op::Start {
+        job_id: job.id.clone(),
+        now: now_ms(),
+    };
+    let row = match record(ctx, start, control) {
+        Some(Outcome::Started(row)) => row,
+        _ => return, // canceled before it could start, or left PENDING for the next start
+    };
+    let started = Instant::now();
+    let log_path = config.logs_dir().join(format!("{}.log", job.id));
+    let log: SharedLog = Arc::new(Mutex::new(Log::open(
+        &log_path,
+        config.max_log_bytes,
+        row.attempts > 1,
+    )));
+    if row.attempts > 1 {
+        say(&log, &format!("restarting from scratch (attempt {}): the previous attempt was interrupted by a daemon stop or crash", row.attempts));
+    }
+    say(
+        &log,
+        &format!(
+            "job {} of hook {} ({}), project {}, branch {}",
+            job.id, job.hook_id, job.hook_name, job.project, job.branch
+        ),
+    );
+    log::info!(
+        "job={} hook={} project={} building (attempt {})",
+        job.id,
+        job.hook_id,
+        job.project,
+        row.attempts
+    );
+
+    let dir = config
+        .builds_dir()
+        .join(format!("{}.{}", job.id, row.attempts));
+    let verdict = match config.projects.get(&job.project) {
+        None => Some(Verdict::error(format!(
+            "project `{}` is no longer configured",
+            job.project
+        ))),
+        Some(project) => build_in(ctx, &config, project, job, control, &dir, &log),
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    if dir.exists() {
+        let _ = ctx.janitor.send(dir);
+    }
+    match verdict {
+        Some(mut v) => {
+            v.error = v.error.map(|e| mask(&log, &e));
+            let status = v.error.as_deref().unwrap_or("ok");
+            say(
+                &log,
+                &format!("{} after {elapsed:.2} s: {status}", v.state.as_str()),
+            );
+            let finish = Op::Finish {
+                job_id: job.id.clone(),
+                state: v.state,
+                exit_code: v.exit_code,
+                error: v.error,
+                now: now_ms(),
+            };
+            if let Some(Outcome::Finished(_)) = record(ctx, finish, control) {
+                ctx.metrics.build_duration.observe(elapsed);
+                log::info!(
+                    "job={} hook={} {} in {elapsed:.2} s",
+                    job.id,
+                    job.hook_id,
+                    v.state.as_str()
+                );
+            }
+        }
+        None => match control.reason() {
+            Some(StopReason::Shutdown) => {
+                say(
+                    &log,
+                    "stopped by daemon shutdown; the job starts over after the restart",
+                );
+                if let Err(e) = ctx.journal.submit(Op::Requeue {
+                    job_id: job.id.clone(),
+                }) {
+                    log::error!("job={} not requeued ({e}); it restarts anyway", job.id);
+                }
+            }
+            _ => {
+                say(
+                    &log,
+                    &format!(
+                        "CANCELED after {elapsed:.2} s: superseded by a newer trigger of this hook"
+                    ),
+                );
+                log::info!(
+                    "job={} hook={} canceled while building",
+                    job.id,
+                    job.hook_id
+                );
+            }
+        },
+    }
+}
+
+/// Submits a job's state change, retrying while the journal cannot take writes (a passing disk
+/// full must not lose a build's outcome). Gives up at shutdown or after [`RECORD_PATIENCE`].
+fn record(ctx: &Context, op: Op, control: &Control) -> Option<Outcome> {
+    let deadline = Instant::now() + RECORD_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match ctx.journal.submit(op.clone()) {
+            Ok(outcome) => return Some(outcome),
+            Err(e)
+                if Instant::now() < deadline && control.reason() != Some(StopReason::Shutdown) =>
+            {
+                log::warn!("{e}; retrying {op:?} in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                log::error!("{e}; giving up on {op:?}");
+                return None;
+            }
+        }
+    }
+}
+
+/// Clones and builds; `None` when the job was stopped by supersession or shutdown (the journal
+/// already says CANCELED, or the job is to be requeued).
+fn build_in(
+    ctx: &Context,
+    config: &Config,
+    project: &Project,
+    job: &QueuedJob,
+    control: &Control,
+    dir: &Path,
+    log: &SharedLog,
+) -> Option<Verdict> {
+    let deadline = Instant::now() + project.timeout;
+    let grace = config.kill_grace;
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if let Err(e) = std::fs::create_dir_all(config.builds_dir()) {
+        return Some(Verdict::error(format!(
+            "cannot create the builds directory: {e}"
+        )));
+    }
+    let base_env = base_env(config);
+    let access = match GitAccess::prepare(config, project) {
+        Ok(access) => access,
+        Err(e) => return Some(Verdict::error(e.to_string())),
+    };
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .masker
+        .hide(access.secrets.iter().map(String::as_str));
+
+    let steps = Steps {
+        log,
+        control,
+        job_id: &job.id,
+        deadline,
+        grace,
+        env: &base_env,
+        access: &access,
+    };
+    match checkout(config, project, job, dir, &steps) {
+        Ok(()) => {}
+        Err(CheckoutFailed::Failed(message)) => return Some(Verdict::error(message)),
+        Err(CheckoutFailed::Stopped(reason)) => return stopped(reason, project),
+    }
+
+    let commit = match head_commit(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(Verdict::error(format!(
+                "cannot read the checked-out commit: {e}"
+            )))
+        }
+    };
+    say(log, &format!("commit {commit}"));
+    let set_commit = Op::SetCommit {
+        job_id: job.id.clone(),
+        commit: commit.clone(),
+    };
+    if record(ctx, set_commit, control).is_none() {
+        return Some(Verdict::error("cannot record the commit in the journal"));
+    }
+
+    say(log, &format!("$ sh -c {:?}", project.build));
+    let mut build = Command::new("sh");
+    build
+        .arg("-c")
+        .arg(&project.build)
+        .env_clear()
+        .envs(base_env.iter().cloned())
+        .envs(&project.env)
+        .envs(access.build_env.iter().cloned())
+        .env("DEPLOYHOOK_JOB_ID", &job.id)
+        .env("DEPLOYHOOK_HOOK_ID", &job.hook_id)
+        .env("DEPLOYHOOK_HOOK_NAME", &job.hook_name)
+        .env("DEPLOYHOOK_PROJECT", &job.project)
+        .env("DEPLOYHOOK_BRANCH", &job.branch)
+        .env("DEPLOYHOOK_COMMIT", &commit)
+        .current_dir(dir);
+    let step = run_step(build, log, control, &job.id, deadline, grace);
+    match step {
+        Step::Exited(status) => {
+            say(log, &format!("build {}", describe(status)));
+            if status.success() {
+                Some(Verdict {
+                    state: JobState::Ready,
+                    exit_code: Some(0),
+                    error: None,
+                })
+            } else {
+                Some(Verdict {
+                    state: JobState::Error,
+                    exit_code: status.code(),
+                    error: Some(format!("build {}", describe(status))),
+                })
+            }
+        }
+        Step::SpawnFailed(e) => Some(Verdict::error(format!("cannot run sh: {e}"))),
+        Step::Stopped(reason) => stopped(reason, project),
+    }
+}
+
+/// The verdict of a stopped job: a timeout is an error; a superseded or shut-down job has none.
+fn stopped(reason: StopReason, project: &Project) -> Option<Verdict> {
+    match reason {
+        StopReason::Timeout => Some(Verdict::error(format!(
+            "timed out after {} s (timeout_secs)",
+            project.timeout.as_secs()
+        ))),
+        StopReason::Superseded | StopReason::Shutdown => None,
+    }
+}
+
+/// PATH, HOME and LANG, taken from the daemon's environment with safe fallbacks.
+fn base_env(config: &Config) -> Vec<(String, String)> {
+    let get = |k: &str, fallback: &str| std::env::var(k).unwrap_or_else(|_| fallback.to_string());
+    vec![
+        ("PATH".into(), get("PATH", DEFAULT_PATH)),
+        (
+            "HOME".into(),
+            get("HOME", &config.state_dir.to_string_lossy()),
+        ),
+        ("LANG".into(), get("LANG", "C.UTF-8")),
+    ]
+}
