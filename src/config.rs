@@ -122,6 +122,42 @@ impl Config {
             self.public_url
         )
     }
+
+    /// The keys whose change from `self` to `new` a reload cannot apply: the listeners, the
+    /// admin socket, the state folder and the worker count are set up once, at start.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        [
+            ("listen", self.listen != new.listen),
+            ("status_listen", self.status_listen != new.status_listen),
+            ("admin_socket", self.admin_socket != new.admin_socket),
+            ("state_dir", self.state_dir != new.state_dir),
+            ("workers", self.workers != new.workers),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    /// The configuration a reload (SIGHUP) puts in place of the running `old` one: projects and
+    /// per-job settings come from `new` and apply to jobs that start afterwards; what
+    /// [`Config::restart_needed`] names stays as it runs. A `public_url` left to its default
+    /// keeps the running one, which follows the address really bound (port 0).
+    pub fn reloaded(old: &Config, new: Config) -> Config {
+        let public_url = if new.public_url == format!("http://{}", new.listen) {
+            old.public_url.clone()
+        } else {
+            new.public_url.clone()
+        };
+        Config {
+            public_url,
+            listen: old.listen,
+            status_listen: old.status_listen,
+            admin_socket: old.admin_socket.clone(),
+            state_dir: old.state_dir.clone(),
+            workers: old.workers,
+            ..new
+        }
+    }
 }
 
 /// A problem with a config file, located as precisely as the file allows.
@@ -973,6 +1009,35 @@ mod tests {
         assert!(parse_str(MINIMAL).unwrap().projects["site"]
             .warnings()
             .is_empty());
+    }
+
+    #[test]
+    fn a_reload_takes_projects_and_keeps_what_needs_a_restart() {
+        let mut running = parse_str(&format!("listen = \"127.0.0.1:0\"\n{MINIMAL}")).unwrap();
+        // As at start with port 0: the bound address and the URL that follows it.
+        running.listen = "127.0.0.1:4242".parse().unwrap();
+        running.public_url = "http://127.0.0.1:4242".into();
+        let text = "listen = \"127.0.0.1:0\"\nworkers = 7\nstate_dir = \"/elsewhere\"\nkill_grace_secs = 3\n\
+             [projects.blog]\nrepo = \"blog.git\"\nbuild = \"make\"\n";
+        let new = parse_str(text).unwrap();
+        assert_eq!(
+            running.restart_needed(&new),
+            ["listen", "state_dir", "workers"]
+        );
+        let merged = Config::reloaded(&running, new.clone());
+        assert_eq!(merged.listen, running.listen);
+        assert_eq!(merged.public_url, "http://127.0.0.1:4242");
+        assert_eq!(merged.workers, running.workers);
+        assert_eq!(merged.state_dir, running.state_dir);
+        assert_eq!(merged.kill_grace, Duration::from_secs(3));
+        assert_eq!(merged.projects, new.projects);
+        assert!(merged.restart_needed(&running).is_empty());
+
+        let explicit = parse_str(&format!(
+            "public_url = \"https://deploy.example\"\n{MINIMAL}"
+        ));
+        let merged = Config::reloaded(&running, explicit.unwrap());
+        assert_eq!(merged.public_url, "https://deploy.example");
     }
 
     #[test]
