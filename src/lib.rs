@@ -22,6 +22,7 @@ pub mod notify;
 mod redact;
 pub mod scheduler;
 pub mod secret;
+pub mod supervise;
 /// Thin wrappers over what std lacks (process groups, umask, file-system flags); public for the
 /// benchmarks, which time cancellation and checkouts with them.
 pub mod sys;
