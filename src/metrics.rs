@@ -1,7 +1,7 @@
 //! Process-wide counters and histograms, updated lock-free by the threads that observe the
 //! events and rendered in the Prometheus text format by the status listener.
 
-use crate::journal::JobState;
+use crate::journal::{JobState, Outcome};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -127,6 +127,21 @@ impl Metrics {
 
     pub fn job_entered(&self, state: JobState) {
         self.jobs_entered[state_index(state)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts the job states a journal commit entered.
+    pub fn after_commit(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Triggered { superseded, .. } => {
+                self.job_entered(JobState::Pending);
+                if superseded.is_some() {
+                    self.job_entered(JobState::Canceled);
+                }
+            }
+            Outcome::Started(_) => self.job_entered(JobState::Building),
+            Outcome::Finished(row) => self.job_entered(row.job.state),
+            _ => {}
+        }
     }
 
     pub fn commit(&self, ops: usize, seconds: f64) {

@@ -8,10 +8,13 @@
 //! The scheduler thread ([`run`]) owns the plan and all in-memory job state. It learns about
 //! new and superseded jobs from the journal writer (after each commit, in commit order) and
 //! about finished builds from the build threads, and hands jobs to the build pool over a
-//! channel. Nothing else mutates scheduling state.
+//! channel. Nothing else mutates scheduling state. What a commit means for it is
+//! [`Event::after_commit`]; what it starts from after a restart is [`recover`].
 
 use crate::job::{Control, QueuedJob, StopReason};
+use crate::journal::{JobState, Journal, JournalError, Op, Outcome};
 use crate::metrics::Metrics;
+use crate::supervise;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -124,13 +127,68 @@ pub enum Event {
     Ping(Sender<()>),
 }
 
+impl Event {
+    /// What a journal commit means for the scheduler: a trigger queues its job, and drops or
+    /// stops the job of the same hook it superseded; no other change concerns scheduling (a
+    /// build's own start and end reach the scheduler from its build thread).
+    pub fn after_commit(outcome: &Outcome) -> Option<Event> {
+        match outcome {
+            Outcome::Triggered { row, superseded } => Some(Event::Queued {
+                job: QueuedJob::from_row(row, false),
+                superseded: superseded.as_ref().map(|(id, _)| id.clone()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Recovery at start-up: the open jobs of the journal, in the order they were queued, to be
+/// handed to the scheduler before the first trigger. A job found BUILDING was interrupted by a
+/// stop or a crash: it is put back to PENDING and starts over from scratch (`restarted`).
+/// Processes it left behind must be killed first ([`crate::build::reap_orphans`]).
+pub fn recover(journal: &Journal) -> Result<Vec<QueuedJob>, JournalError> {
+    let open = journal.open_jobs()?;
+    let mut jobs = Vec::with_capacity(open.len());
+    for row in &open {
+        let interrupted = row.job.state == JobState::Building;
+        if interrupted {
+            journal.submit(Op::Requeue {
+                job_id: row.job.id.clone(),
+            })?;
+            log::info!(
+                "job={} hook={} was interrupted; it starts over",
+                row.job.id,
+                row.job.hook_id
+            );
+        }
+        jobs.push(QueuedJob::from_row(row, interrupted));
+    }
+    Ok(jobs)
+}
+
+/// The stop switches of the builds running now. If the scheduler thread dies, its builds are
+/// stopped as at a shutdown (they start over after the restart) instead of running unwatched.
+#[derive(Default)]
+struct Running(HashMap<String, Arc<Control>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for control in self.0.values() {
+                control.stop(StopReason::Shutdown);
+            }
+        }
+    }
+}
+
 /// A job handed to a build thread, with the handle that stops it.
 pub struct Assignment {
     pub job: QueuedJob,
     pub control: Arc<Control>,
 }
 
-/// Runs the scheduler until every event sender is gone.
+/// Runs the scheduler until every event sender is gone. If it panics, the builds it started are
+/// stopped as at a shutdown (see `Running`).
 pub fn run(
     events: Receiver<Event>,
     pool: Sender<Assignment>,
@@ -140,18 +198,19 @@ pub fn run(
     let mut plan = Plan::new(workers);
     // Dropped at shutdown, so build threads end once their current job has stopped.
     let mut pool = Some(pool);
-    let mut controls: HashMap<String, Arc<Control>> = HashMap::new();
+    let mut controls = Running::default();
     for event in events {
+        let queued = matches!(event, Event::Queued { .. });
         let actions = match event {
             Event::Queued { job, superseded } => plan.queued(job, superseded.as_deref()),
             Event::Finished { job_id } => {
-                controls.remove(&job_id);
+                controls.0.remove(&job_id);
                 plan.finished(&job_id)
             }
             Event::Shutdown => {
                 plan.drain();
                 pool = None;
-                for control in controls.values() {
+                for control in controls.0.values() {
                     control.stop(StopReason::Shutdown);
                 }
                 Vec::new()
@@ -165,7 +224,7 @@ pub fn run(
             match action {
                 Action::Start(job) => {
                     let control = Arc::new(Control::default());
-                    controls.insert(job.id.clone(), control.clone());
+                    controls.0.insert(job.id.clone(), control.clone());
                     let sent = match &pool {
                         Some(p) => p.send(Assignment { job, control }).is_ok(),
                         None => false,
@@ -175,7 +234,7 @@ pub fn run(
                     }
                 }
                 Action::Stop(job_id) => {
-                    if let Some(control) = controls.get(&job_id) {
+                    if let Some(control) = controls.0.get(&job_id) {
                         log::info!("stopping job={job_id}: superseded by a newer trigger");
                         control.stop(StopReason::Superseded);
                     }
@@ -185,6 +244,9 @@ pub fn run(
         metrics
             .queue_depth
             .store(plan.pending_len() as u64, Relaxed);
+        if queued {
+            supervise::fault_point(supervise::At::Event);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ mod common;
 use common::TempDir;
 use deployhook::job::QueuedJob;
 use deployhook::journal::{Hook, JobState, Journal, Op, Outcome};
-use deployhook::scheduler::{Action, Plan};
+use deployhook::scheduler::{recover, Action, Plan};
 use deployhook::secret::hash_secret;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -150,7 +150,8 @@ impl System {
         self.apply(actions);
     }
 
-    /// Everything in memory is lost; the journal is reopened and the plan rebuilt as at start-up.
+    /// Everything in memory is lost; the journal is reopened and the plan rebuilt by the
+    /// daemon's own recovery ([`recover`]).
     fn crash_and_restart(&mut self) {
         self.plan = Plan::new(WORKERS);
         self.running.clear();
@@ -162,15 +163,8 @@ impl System {
         let (journal, writer) = open_journal(&self.dir);
         self.journal = Some(journal);
         self.writer = Some(writer);
-        for row in self.j().open_jobs().unwrap() {
-            if row.job.state == JobState::Building {
-                self.j()
-                    .submit(Op::Requeue {
-                        job_id: row.job.id.clone(),
-                    })
-                    .unwrap();
-            }
-            let actions = self.plan.queued(QueuedJob::from_row(&row, false), None);
+        for job in recover(self.j()).unwrap() {
+            let actions = self.plan.queued(job, None);
             self.apply(actions);
         }
     }
