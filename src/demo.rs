@@ -4,8 +4,10 @@
 //! triggers it and where to watch the job.
 
 use crate::admin::protocol::{Created, Request};
-use crate::config;
+use crate::config::{self, Config};
 use crate::daemon::{self, DaemonError};
+use std::fmt;
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,18 +44,59 @@ timeout_secs = 120
 env = { DEPLOY_DIR = "{deploy}" }
 "#;
 
+/// Why the demo could not run.
+#[derive(Debug)]
+pub enum DemoError {
+    /// A file or folder of the demo could not be made.
+    Files { path: PathBuf, source: io::Error },
+    /// No free port on 127.0.0.1.
+    NoPort(io::Error),
+    /// git could not be run (the demo needs it on PATH).
+    NoGit(io::Error),
+    /// A git command making the example repository failed; `stderr` is what git said.
+    Git { args: String, stderr: String },
+    /// The announcing thread could not be started.
+    Thread(io::Error),
+    /// The daemon itself failed.
+    Daemon(DaemonError),
+}
+
+impl fmt::Display for DemoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DemoError::Files { path, source } => {
+                write!(f, "cannot write {}: {source}", path.display())
+            }
+            DemoError::NoPort(e) => write!(f, "no free port on 127.0.0.1: {e}"),
+            DemoError::NoGit(e) => write!(f, "the demo needs git on PATH: {e}"),
+            DemoError::Git { args, stderr } => write!(f, "git {args} failed: {stderr}"),
+            DemoError::Thread(e) => write!(f, "cannot start the demo thread: {e}"),
+            DemoError::Daemon(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for DemoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DemoError::Files { source, .. } => Some(source),
+            DemoError::NoPort(e) | DemoError::NoGit(e) | DemoError::Thread(e) => Some(e),
+            DemoError::Git { .. } => None,
+            DemoError::Daemon(e) => Some(e),
+        }
+    }
+}
+
 /// `preferred` if it is free, else a free port picked by the kernel.
-fn free_addr(preferred: &str) -> Result<SocketAddr, DaemonError> {
+fn free_addr(preferred: &str) -> Result<SocketAddr, DemoError> {
     let fallback = || TcpListener::bind("127.0.0.1:0");
     let listener = TcpListener::bind(preferred)
         .or_else(|_| fallback())
-        .map_err(|e| DaemonError::Startup(format!("no free port on 127.0.0.1: {e}")))?;
-    listener
-        .local_addr()
-        .map_err(|e| DaemonError::Startup(e.to_string()))
+        .map_err(DemoError::NoPort)?;
+    listener.local_addr().map_err(DemoError::NoPort)
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<(), DaemonError> {
+fn git(dir: &Path, args: &[&str]) -> Result<(), DemoError> {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -62,27 +105,30 @@ fn git(dir: &Path, args: &[&str]) -> Result<(), DaemonError> {
         .env("GIT_COMMITTER_NAME", "deployhook demo")
         .env("GIT_COMMITTER_EMAIL", "demo@localhost")
         .output()
-        .map_err(|e| DaemonError::Startup(format!("the demo needs git on PATH: {e}")))?;
+        .map_err(DemoError::NoGit)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(DaemonError::Startup(format!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(DemoError::Git {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
-fn write(path: &Path, text: &str) -> Result<(), DaemonError> {
-    std::fs::write(path, text)
-        .map_err(|e| DaemonError::Startup(format!("cannot write {}: {e}", path.display())))
+fn write(path: &Path, text: &str) -> Result<(), DemoError> {
+    std::fs::write(path, text).map_err(|source| DemoError::Files {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn make_example(dir: &Path) -> Result<PathBuf, DaemonError> {
+fn make_example(dir: &Path) -> Result<PathBuf, DemoError> {
     let repo = dir.join("example-site");
-    std::fs::create_dir_all(&repo)
-        .map_err(|e| DaemonError::Startup(format!("cannot create {}: {e}", repo.display())))?;
+    std::fs::create_dir_all(&repo).map_err(|source| DemoError::Files {
+        path: repo.clone(),
+        source,
+    })?;
     write(&repo.join("build.sh"), BUILD_SCRIPT)?;
     write(&repo.join("index.html"), INDEX)?;
     git(&repo, &["init", "--quiet", "--initial-branch=main"])?;
@@ -95,9 +141,27 @@ fn make_example(dir: &Path) -> Result<PathBuf, DaemonError> {
     Ok(repo)
 }
 
-pub fn run() -> Result<(), DaemonError> {
+/// Runs the demo until Ctrl-C, then deletes its files. The daemon claims process-wide state
+/// (environment, umask, signals) before the announcing thread starts: until then the process
+/// has no thread but this one.
+pub fn run() -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("deployhook-demo-{}", std::process::id()));
-    let repo = make_example(&dir)?;
+    let result = prepare(&dir).and_then(|(config, announce)| {
+        let claim = daemon::claim(&config).map_err(DemoError::Daemon)?;
+        std::thread::Builder::new()
+            .name("demo".into())
+            .spawn(announce)
+            .map_err(DemoError::Thread)?;
+        daemon::run(config, claim).map_err(DemoError::Daemon)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Makes the example repository and the config in `dir`; returns the config and the work of
+/// the announcing thread.
+fn prepare(dir: &Path) -> Result<(Config, impl FnOnce() + Send + 'static), DemoError> {
+    let repo = make_example(dir)?;
     let listen = free_addr("127.0.0.1:8080")?;
     let status = free_addr("127.0.0.1:8081")?;
     let status = if status == listen {
@@ -112,20 +176,12 @@ pub fn run() -> Result<(), DaemonError> {
         .replace("{deploy}", &deploy.to_string_lossy());
     let config_path = dir.join("deployhook.toml");
     write(&config_path, &text)?;
-    let config = config::load(&config_path).map_err(DaemonError::Config)?;
+    let config =
+        config::load(&config_path).map_err(|e| DemoError::Daemon(DaemonError::Config(e)))?;
     let socket = config.admin_socket.clone();
-
-    let announce = std::thread::Builder::new()
-        .name("demo".into())
-        .spawn(move || announce(&socket, status, &repo, &deploy, &config_path));
-    if let Err(e) = announce {
-        return Err(DaemonError::Startup(format!(
-            "cannot start the demo thread: {e}"
-        )));
-    }
-    let result = daemon::run(config);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    Ok((config, move || {
+        announce(&socket, status, &repo, &deploy, &config_path)
+    }))
 }
 
 /// Waits for the daemon, creates the demo hook and prints how to use it.

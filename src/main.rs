@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use deployhook::{args, client, config, daemon, demo, logging};
+use deployhook::{args, client, config, daemon, demo, logging, supervise};
 
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -150,6 +150,7 @@ enum JobsCommand {
 enum Failure {
     Config(config::ConfigError),
     Daemon(daemon::DaemonError),
+    Demo(demo::DemoError),
     Client(client::ClientError),
 }
 
@@ -158,8 +159,11 @@ impl Failure {
     /// systemd that line carries the error priority), else as `deployhook: …` on stderr.
     fn exit(self, logs: bool) -> ExitCode {
         let code = match &self {
-            Failure::Config(_) | Failure::Daemon(daemon::DaemonError::Config(_)) => EXIT_CONFIG,
-            Failure::Daemon(_) => 1,
+            Failure::Config(_)
+            | Failure::Daemon(daemon::DaemonError::Config(_))
+            | Failure::Demo(demo::DemoError::Daemon(daemon::DaemonError::Config(_))) => EXIT_CONFIG,
+            Failure::Daemon(daemon::DaemonError::ThreadDied { .. }) => supervise::EXIT_SOFTWARE,
+            Failure::Daemon(_) | Failure::Demo(_) => 1,
             Failure::Client(client::ClientError::NoDaemon { .. }) => EXIT_NO_DAEMON,
             Failure::Client(client::ClientError::Forbidden(_)) => EXIT_NO_PERMISSION,
             Failure::Client(client::ClientError::BadArgument(_)) => EXIT_USAGE,
@@ -168,6 +172,7 @@ impl Failure {
         let message = match self {
             Failure::Config(e) => e.to_string(),
             Failure::Daemon(e) => e.to_string(),
+            Failure::Demo(e) => e.to_string(),
             Failure::Client(e) => e.to_string(),
         };
         if logs && log::log_enabled!(log::Level::Error) {
@@ -189,7 +194,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Serve(arg) => {
             daemon::serve(&config::resolve_path(arg.config.as_deref())).map_err(Failure::Daemon)
         }
-        Command::Demo => demo::run().map_err(Failure::Daemon),
+        Command::Demo => demo::run().map_err(Failure::Demo),
         Command::CheckConfig(arg) => {
             let path = config::resolve_path(arg.config.as_deref());
             let c = config::load(&path).map_err(Failure::Config)?;

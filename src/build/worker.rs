@@ -30,6 +30,7 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(600);
 /// A build thread: runs assignments until the pool channel closes.
 pub fn worker(ctx: Context, pool: Receiver<Assignment>) {
     for Assignment { job, control } in pool {
+        crate::supervise::fault_point(crate::supervise::At::Event);
         ctx.metrics.workers_busy.fetch_add(1, Relaxed);
         run_job(&ctx, &job, &control);
         ctx.metrics.workers_busy.fetch_sub(1, Relaxed);

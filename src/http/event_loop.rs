@@ -107,9 +107,7 @@ impl Listener {
             streams: Arc::new(AtomicUsize::new(0)),
             stream_name: format!("{name}-stream"),
         };
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || event_loop.run())?;
+        let thread = crate::supervise::spawn_core(name, move || event_loop.run())?;
         Ok(Listener {
             addr,
             mailbox,

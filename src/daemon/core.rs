@@ -1,0 +1,239 @@
+//! The daemon's core: the journal and its writer, recovery, the scheduler, the build pool, the
+//! pruner and the janitor; started before the front (so open jobs reach the scheduler before
+//! the first trigger can) and stopped after it.
+
+use super::{thread_error, DaemonError, SHUTDOWN_SLACK};
+use crate::build::{self, Context};
+use crate::config::Config;
+use crate::http::waiters::Waiters;
+use crate::journal::{Journal, Op, Outcome};
+use crate::metrics::Metrics;
+use crate::scheduler::{self, Event};
+use crate::supervise::{self, spawn_core, At};
+use crate::{janitor, sys};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+/// How often retention runs; while a run finds more than one op may remove, it goes on at once.
+const PRUNE_EVERY: Duration = Duration::from_millis(500);
+
+/// The daemon's inside: the journal, the scheduler, the build pool, the pruner, the janitor.
+pub(super) struct Core {
+    pub(super) journal: Journal,
+    /// The running configuration; a reload swaps it.
+    pub(super) config: Arc<RwLock<Arc<Config>>>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) events: Sender<Event>,
+    /// Callers holding a long poll on a hook URL; the commit callback answers them.
+    pub(super) waiters: Arc<Waiters>,
+    /// Never sent on: it reports Disconnected once the last build thread has ended.
+    builds_gone: Receiver<()>,
+    /// Open jobs found at start.
+    pub(super) recovered: usize,
+}
+
+impl Core {
+    pub(super) fn start(config: &Config) -> Result<Core, DaemonError> {
+        let (to_janitor, janitor_rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("janitor".into())
+            .spawn(move || janitor::run(janitor_rx))
+            .map_err(thread_error("janitor"))?;
+        prepare_state(config, &to_janitor)?;
+        let path = config.journal_path();
+        let (journal, writer) =
+            Journal::open(&path).map_err(|source| DaemonError::Journal { path, source })?;
+
+        let metrics = Arc::new(Metrics::default());
+        metrics.workers_total.store(config.workers as u64, Relaxed);
+        let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
+        let (events, events_rx) = crossbeam_channel::unbounded();
+        let waiters = Arc::new(Waiters::new(
+            journal.clone(),
+            metrics.clone(),
+            crate::http::trigger::job_reply,
+        ));
+        let commit = after_commit(
+            events.clone(),
+            to_janitor.clone(),
+            config.logs_dir(),
+            metrics.clone(),
+            waiters.clone(),
+        );
+        let m = metrics.clone();
+        spawn_core("journal-writer", move || {
+            writer.run(commit, move |s| {
+                // Only commits that wrote something count (an idle retention pass does not).
+                if s.ok && s.wrote > 0 {
+                    m.commit(s.wrote, s.seconds)
+                }
+            })
+        })
+        .map_err(thread_error("journal-writer"))?;
+
+        build::reap_orphans(&journal);
+        let open = scheduler::recover(&journal).map_err(DaemonError::Recovery)?;
+        let recovered = open.len();
+        for job in open {
+            let _ = events.send(Event::Queued {
+                job,
+                superseded: None,
+            });
+        }
+
+        let (pool, pool_rx) = crossbeam_channel::unbounded();
+        let (m, workers) = (metrics.clone(), config.workers);
+        spawn_core("scheduler", move || {
+            scheduler::run(events_rx, pool, workers, m)
+        })
+        .map_err(thread_error("scheduler"))?;
+        let ctx = Context {
+            journal: journal.clone(),
+            config: shared.clone(),
+            metrics: metrics.clone(),
+            scheduler: events.clone(),
+            janitor: to_janitor,
+        };
+        let (alive, builds_gone) = crossbeam_channel::bounded::<()>(0);
+        for i in 0..config.workers {
+            let (ctx, rx, alive) = (ctx.clone(), pool_rx.clone(), alive.clone());
+            let name = format!("build-{i}");
+            spawn_core(&name, move || {
+                let _alive = alive;
+                build::worker(ctx, rx)
+            })
+            .map_err(|source| DaemonError::Thread { name, source })?;
+        }
+        let (j, s) = (journal.clone(), shared.clone());
+        let m = metrics.clone();
+        spawn_core("pruner", move || prune_forever(&j, &s, &m)).map_err(thread_error("pruner"))?;
+        Ok(Core {
+            journal,
+            config: shared,
+            metrics,
+            events,
+            waiters,
+            builds_gone,
+            recovered,
+        })
+    }
+
+    /// Stops every running build (it starts over after the restart), waits for the build threads
+    /// up to the kill grace and a little more, then folds the write-ahead log into the journal,
+    /// so that a copy of the stopped daemon's journal.redb is the whole journal.
+    pub(super) fn stop(self) {
+        let _ = self.events.send(Event::Shutdown);
+        let grace = self
+            .config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .kill_grace;
+        match self.builds_gone.recv_timeout(grace + SHUTDOWN_SLACK) {
+            Err(RecvTimeoutError::Disconnected) => {}
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {
+                log::warn!("build threads still busy after the kill grace; stopping anyway")
+            }
+        }
+        if let Err(e) = self.journal.submit(Op::Checkpoint) {
+            log::warn!(
+                "final journal checkpoint failed ({e}); the write-ahead log keeps the last triggers"
+            );
+        }
+    }
+}
+
+/// Creates the state folders; build directories left by a previous run are moved aside at once
+/// and deleted in the background.
+fn prepare_state(config: &Config, janitor: &Sender<PathBuf>) -> Result<(), DaemonError> {
+    let state_dir = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DaemonError::StateDir { path, source }
+    };
+    for dir in [&config.state_dir, &config.logs_dir()] {
+        std::fs::create_dir_all(dir).map_err(state_dir(dir))?;
+    }
+    let builds = config.builds_dir();
+    if builds.exists() {
+        let stale = config
+            .state_dir
+            .join(format!("builds.stale-{}", crate::clock::now_ms()));
+        std::fs::rename(&builds, &stale).map_err(state_dir(&builds))?;
+    }
+    std::fs::create_dir_all(&builds).map_err(state_dir(&builds))?;
+    if !sys::spread_new_directories(&builds) {
+        log::debug!(
+            "{}: the file system keeps no top-directory flag; build trees are placed by default",
+            builds.display()
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("builds.stale-")
+            {
+                let _ = janitor.send(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Retention: removes each hook's finished jobs past `keep_jobs` (their logs go to the
+/// janitor through the commit callback), in bounded steps so triggers never wait long.
+fn prune_forever(journal: &Journal, shared: &RwLock<Arc<Config>>, metrics: &Metrics) {
+    loop {
+        std::thread::sleep(PRUNE_EVERY);
+        metrics.retention_passes.fetch_add(1, Relaxed);
+        supervise::fault_point(At::Event);
+        loop {
+            let keep = shared
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keep_jobs;
+            match journal.submit(Op::Prune { keep }) {
+                Ok(Outcome::Pruned(ids)) if ids.len() >= crate::journal::MAX_PRUNE_PER_OP => {}
+                Ok(_) => break,
+                Err(e) => {
+                    log::warn!("retention skipped: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// What the journal writer tells the rest of the daemon after each commit (on its thread).
+fn after_commit(
+    events: Sender<Event>,
+    janitor: Sender<PathBuf>,
+    logs: PathBuf,
+    metrics: Arc<Metrics>,
+    waiters: Arc<Waiters>,
+) -> impl FnMut(&Outcome) {
+    move |outcome| {
+        supervise::fault_point(At::Event);
+        metrics.after_commit(outcome);
+        if let Some(event) = Event::after_commit(outcome) {
+            let _ = events.send(event);
+        }
+        match outcome {
+            // Callers waiting on the hook URL for a job's end are answered.
+            Outcome::Triggered {
+                superseded: Some((id, _)),
+                ..
+            } => waiters.ended(id),
+            Outcome::Finished(row) => waiters.ended(&row.job.id),
+            Outcome::Pruned(ids) => {
+                for id in ids {
+                    let _ = janitor.send(logs.join(format!("{id}.log")));
+                }
+            }
+            _ => {}
+        }
+    }
+}
