@@ -145,7 +145,7 @@ impl Event {
 /// Recovery at start-up: the open jobs of the journal, in the order they were queued, to be
 /// handed to the scheduler before the first trigger. A job found BUILDING was interrupted by a
 /// stop or a crash: it is put back to PENDING and starts over from scratch (`restarted`).
-/// Processes it left behind must be killed first ([`crate::build::reap_orphans`]).
+/// Processes it left behind must be killed first (the daemon does, at start).
 pub fn recover(journal: &Journal) -> Result<Vec<QueuedJob>, JournalError> {
     let open = journal.open_jobs()?;
     let mut jobs = Vec::with_capacity(open.len());

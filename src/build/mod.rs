@@ -15,25 +15,4 @@ mod process;
 mod worker;
 
 pub use process::{kill_by_job_id, reap_orphans};
-pub use worker::worker;
-
-use crate::config::Config;
-use crate::journal::Journal;
-use crate::metrics::Metrics;
-use crate::scheduler::Event;
-use crossbeam_channel::Sender;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-
-/// What every build thread shares.
-#[derive(Clone)]
-pub struct Context {
-    pub journal: Journal,
-    /// The running configuration; a reload swaps it for jobs that start afterwards.
-    pub config: Arc<RwLock<Arc<Config>>>,
-    pub metrics: Arc<Metrics>,
-    /// Where a build thread says it is done with a job.
-    pub scheduler: Sender<Event>,
-    /// Where finished build directories go to be deleted in the background.
-    pub janitor: Sender<PathBuf>,
-}
+pub use worker::{worker, Context};

@@ -8,24 +8,38 @@
 use super::checkout::{checkout, head_commit, CheckoutFailed, Steps};
 use super::job_log::{mask, say, Log, SharedLog};
 use super::process::{describe, run_step, Step};
-use super::Context;
 use crate::clock::now_ms;
 use crate::config::{Config, Project};
 use crate::git_access::GitAccess;
 use crate::job::{Control, QueuedJob, StopReason};
+use crate::journal::Journal;
 use crate::journal::{JobState, Op, Outcome};
+use crate::metrics::Metrics;
 use crate::scheduler::{Assignment, Event};
-use crossbeam_channel::Receiver;
-use std::path::Path;
+use crossbeam_channel::{Receiver, Sender};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long a build thread keeps retrying a journal write that fails (disk full) before it
 /// gives up; a job whose outcome could not be written is retried after the next restart.
 const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// What every build thread shares.
+#[derive(Clone)]
+pub struct Context {
+    pub journal: Journal,
+    /// The running configuration; a reload swaps it for jobs that start afterwards.
+    pub config: Arc<RwLock<Arc<Config>>>,
+    pub metrics: Arc<Metrics>,
+    /// Where a build thread says it is done with a job.
+    pub scheduler: Sender<Event>,
+    /// Where finished build directories go to be deleted in the background.
+    pub janitor: Sender<PathBuf>,
+}
 
 /// A build thread: runs assignments until the pool channel closes.
 pub fn worker(ctx: Context, pool: Receiver<Assignment>) {

@@ -2,7 +2,7 @@
 //! pruner and the janitor; started before the front (so open jobs reach the scheduler before
 //! the first trigger can) and stopped after it.
 
-use super::{thread_error, DaemonError, SHUTDOWN_SLACK};
+use super::error::DaemonError;
 use crate::build::{self, Context};
 use crate::config::Config;
 use crate::http::waiters::Waiters;
@@ -17,6 +17,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+/// Extra time, past the kill grace, that shutdown waits for build threads.
+pub(super) const SHUTDOWN_SLACK: Duration = Duration::from_millis(1500);
 /// How often retention runs; while a run finds more than one op may remove, it goes on at once.
 const PRUNE_EVERY: Duration = Duration::from_millis(500);
 
@@ -41,7 +43,7 @@ impl Core {
         std::thread::Builder::new()
             .name("janitor".into())
             .spawn(move || janitor::run(janitor_rx))
-            .map_err(thread_error("janitor"))?;
+            .map_err(DaemonError::thread("janitor"))?;
         prepare_state(config, &to_janitor)?;
         let path = config.journal_path();
         let (journal, writer) =
@@ -72,7 +74,7 @@ impl Core {
                 }
             })
         })
-        .map_err(thread_error("journal-writer"))?;
+        .map_err(DaemonError::thread("journal-writer"))?;
 
         build::reap_orphans(&journal);
         let open = scheduler::recover(&journal).map_err(DaemonError::Recovery)?;
@@ -89,7 +91,7 @@ impl Core {
         spawn_core("scheduler", move || {
             scheduler::run(events_rx, pool, workers, m)
         })
-        .map_err(thread_error("scheduler"))?;
+        .map_err(DaemonError::thread("scheduler"))?;
         let ctx = Context {
             journal: journal.clone(),
             config: shared.clone(),
@@ -109,7 +111,8 @@ impl Core {
         }
         let (j, s) = (journal.clone(), shared.clone());
         let m = metrics.clone();
-        spawn_core("pruner", move || prune_forever(&j, &s, &m)).map_err(thread_error("pruner"))?;
+        spawn_core("pruner", move || prune_forever(&j, &s, &m))
+            .map_err(DaemonError::thread("pruner"))?;
         Ok(Core {
             journal,
             config: shared,

@@ -41,6 +41,16 @@ pub enum DaemonError {
     ThreadDied { name: String },
 }
 
+impl DaemonError {
+    /// The error for a thread named `name` that could not be started.
+    pub(super) fn thread(name: &str) -> impl FnOnce(io::Error) -> DaemonError + '_ {
+        move |source| DaemonError::Thread {
+            name: name.to_string(),
+            source,
+        }
+    }
+}
+
 impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

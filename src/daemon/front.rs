@@ -2,7 +2,7 @@
 //! the sockets [`claim`](super::claim) bound, once the core runs; stopped first.
 
 use super::core::Core;
-use super::{thread_error, DaemonError};
+use super::error::DaemonError;
 use crate::admin::Admin;
 use crate::http::event_loop::Listener;
 use crate::http::limits::Limits;
@@ -62,7 +62,7 @@ impl Front {
             STATUS_THREADS,
             Arc::new(move |req| status_handler.handle(req)),
         )
-        .map_err(thread_error("http-status-worker"))?;
+        .map_err(DaemonError::thread("http-status-worker"))?;
         let status = Listener::start(
             status,
             "http-status",
@@ -87,7 +87,7 @@ impl Front {
             journal: core.journal.clone(),
             config: core.config.clone(),
         });
-        spawn_core("admin", move || service.serve(admin)).map_err(thread_error("admin"))?;
+        spawn_core("admin", move || service.serve(admin)).map_err(DaemonError::thread("admin"))?;
         Ok(Front {
             public,
             status,

@@ -31,7 +31,7 @@ mod front;
 
 pub use error::DaemonError;
 
-use self::core::Core;
+use self::core::{Core, SHUTDOWN_SLACK};
 use self::front::Front;
 use crate::admin;
 use crate::config::{self, Config};
@@ -42,15 +42,12 @@ use crate::{notify, sys};
 use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// Extra time, past the kill grace, that shutdown waits for build threads.
-const SHUTDOWN_SLACK: Duration = Duration::from_millis(1500);
 /// Extra time, past the shutdown's own bound, before a daemon that lost a core thread is
 /// exited by force (see [`supervise`]).
 const BACKSTOP_SLACK: Duration = Duration::from_secs(10);
@@ -129,7 +126,7 @@ pub fn run(mut config: Config, claim: Claim) -> Result<(), DaemonError> {
     if let Some(interval) = watchdog {
         let (journal, events) = (core.journal.clone(), core.events.clone());
         spawn_core("watchdog", move || watchdog_loop(interval, journal, events))
-            .map_err(thread_error("watchdog"))?;
+            .map_err(DaemonError::thread("watchdog"))?;
     }
 
     wait_for_stop(&mut signals, &config.path, &core.config);
@@ -161,13 +158,6 @@ fn log_ready(config: &Config, core: &Core, front: &Front) {
         config.workers,
         core.recovered,
     );
-}
-
-fn thread_error(name: &str) -> impl FnOnce(io::Error) -> DaemonError + '_ {
-    move |source| DaemonError::Thread {
-        name: name.to_string(),
-        source,
-    }
 }
 
 /// The listener for `addr`: a socket systemd passed with that address, else a new one.
