@@ -15,6 +15,12 @@
 //! finish (a wedged lock, say) is covered by a backstop: a thread started at the death exits
 //! the process with the same status once the bound given to [`arm`] has passed.
 //!
+//! Only a panic that leaves the thread's function is a death: one caught inside it (a listener
+//! that isolates a request) is not. Connection threads (`http-status-conn`, `admin-conn`) are
+//! not core threads: a panic there costs one connection. When several core threads end, the
+//! first panic is the cause: a panicking thread closes channels as it unwinds, which may end
+//! another thread (the build threads, when the scheduler dies) before it has reported.
+//!
 //! Until [`arm`] is called (unit tests, benchmarks) `spawn_core` is a plain named spawn.
 //!
 //! Fault injection, for tests only: `DEPLOYHOOK_FAULT_PANIC=NAME` makes the core thread NAME

@@ -16,6 +16,7 @@ use crate::journal::Journal;
 use crate::journal::{JobState, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::scheduler::{Assignment, Event};
+use crate::supervise::{self, At};
 use crossbeam_channel::{Receiver, Sender};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +45,7 @@ pub struct Context {
 /// A build thread: runs assignments until the pool channel closes.
 pub fn worker(ctx: Context, pool: Receiver<Assignment>) {
     for Assignment { job, control } in pool {
-        crate::supervise::fault_point(crate::supervise::At::Event);
+        supervise::fault_point(At::Event);
         ctx.metrics.workers_busy.fetch_add(1, Relaxed);
         run_job(&ctx, &job, &control);
         ctx.metrics.workers_busy.fetch_sub(1, Relaxed);
