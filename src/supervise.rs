@@ -16,8 +16,9 @@
 //! the process with the same status once the bound given to [`arm`] has passed.
 //!
 //! Only a panic that leaves the thread's function is a death: one caught inside it (a listener
-//! that isolates a request) is not. Connection threads (`http-status-conn`, `admin-conn`) are
-//! not core threads: a panic there costs one connection. When several core threads end, the
+//! that isolates a request) is not. Threads that serve one request or connection (the status
+//! listener's workers and log streams, `admin-conn`) are not core threads: a panic there costs
+//! that request. When several core threads end, the
 //! first panic is the cause: a panicking thread closes channels as it unwinds, which may end
 //! another thread (the build threads, when the scheduler dies) before it has reported.
 //!
