@@ -6,7 +6,7 @@ use super::error::DaemonError;
 use crate::build::{self, Context};
 use crate::config::Config;
 use crate::http::waiters::Waiters;
-use crate::journal::{Journal, Op, Outcome};
+use crate::journal::{Journal, Op, Outcome, Writer};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Event};
 use crate::supervise::{self, spawn_core, At};
@@ -38,21 +38,16 @@ pub(super) struct Core {
 }
 
 impl Core {
+    /// Starts the core in the order the module doc gives; the front starts after it.
     pub(super) fn start(config: &Config) -> Result<Core, DaemonError> {
-        let (to_janitor, janitor_rx) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name("janitor".into())
-            .spawn(move || janitor::run(janitor_rx))
-            .map_err(DaemonError::thread("janitor"))?;
+        let to_janitor = start_janitor()?;
         prepare_state(config, &to_janitor)?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.workers_total.store(config.workers as u64, Relaxed);
+        let (events, events_rx) = crossbeam_channel::unbounded();
         let path = config.journal_path();
         let (journal, writer) =
             Journal::open(&path).map_err(|source| DaemonError::Journal { path, source })?;
-
-        let metrics = Arc::new(Metrics::default());
-        metrics.workers_total.store(config.workers as u64, Relaxed);
-        let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
-        let (events, events_rx) = crossbeam_channel::unbounded();
         let waiters = Arc::new(Waiters::new(
             journal.clone(),
             metrics.clone(),
@@ -65,33 +60,9 @@ impl Core {
             metrics.clone(),
             waiters.clone(),
         );
-        let m = metrics.clone();
-        spawn_core("journal-writer", move || {
-            writer.run(commit, move |s| {
-                // Only commits that wrote something count (an idle retention pass does not).
-                if s.ok && s.wrote > 0 {
-                    m.commit(s.wrote, s.seconds)
-                }
-            })
-        })
-        .map_err(DaemonError::thread("journal-writer"))?;
-
-        build::reap_orphans(&journal);
-        let open = scheduler::recover(&journal).map_err(DaemonError::Recovery)?;
-        let recovered = open.len();
-        for job in open {
-            let _ = events.send(Event::Queued {
-                job,
-                superseded: None,
-            });
-        }
-
-        let (pool, pool_rx) = crossbeam_channel::unbounded();
-        let (m, workers) = (metrics.clone(), config.workers);
-        spawn_core("scheduler", move || {
-            scheduler::run(events_rx, pool, workers, m)
-        })
-        .map_err(DaemonError::thread("scheduler"))?;
+        start_writer(writer, commit, metrics.clone())?;
+        let recovered = recover(&journal, &events)?;
+        let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
         let ctx = Context {
             journal: journal.clone(),
             config: shared.clone(),
@@ -99,18 +70,8 @@ impl Core {
             scheduler: events.clone(),
             janitor: to_janitor,
         };
-        let (alive, builds_gone) = crossbeam_channel::bounded::<()>(0);
-        for i in 0..config.workers {
-            let (ctx, rx, alive) = (ctx.clone(), pool_rx.clone(), alive.clone());
-            let name = format!("build-{i}");
-            spawn_core(&name, move || {
-                let _alive = alive;
-                build::worker(ctx, rx)
-            })
-            .map_err(|source| DaemonError::Thread { name, source })?;
-        }
-        let (j, s) = (journal.clone(), shared.clone());
-        let m = metrics.clone();
+        let builds_gone = start_builds(config.workers, events_rx, ctx)?;
+        let (j, s, m) = (journal.clone(), shared.clone(), metrics.clone());
         spawn_core("pruner", move || prune_forever(&j, &s, &m))
             .map_err(DaemonError::thread("pruner"))?;
         Ok(Core {
@@ -146,6 +107,75 @@ impl Core {
             );
         }
     }
+}
+
+/// The janitor thread, and where to send it what to remove.
+fn start_janitor() -> Result<Sender<PathBuf>, DaemonError> {
+    let (to_janitor, paths) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("janitor".into())
+        .spawn(move || janitor::run(paths))
+        .map_err(DaemonError::thread("janitor"))?;
+    Ok(to_janitor)
+}
+
+/// Starts the journal's writer thread, which calls `commit` after each commit.
+fn start_writer(
+    writer: Writer,
+    commit: impl FnMut(&Outcome) + Send + 'static,
+    metrics: Arc<Metrics>,
+) -> Result<(), DaemonError> {
+    spawn_core("journal-writer", move || {
+        writer.run(commit, move |s| {
+            // Only commits that wrote something count (an idle retention pass does not).
+            if s.ok && s.wrote > 0 {
+                metrics.commit(s.wrote, s.seconds)
+            }
+        })
+    })
+    .map_err(DaemonError::thread("journal-writer"))?;
+    Ok(())
+}
+
+/// Hands the open jobs to the scheduler (not running yet: they wait in its channel) after
+/// killing what their interrupted builds left behind. Returns how many there were.
+fn recover(journal: &Journal, events: &Sender<Event>) -> Result<usize, DaemonError> {
+    build::reap_orphans(journal);
+    let open = scheduler::recover(journal).map_err(DaemonError::Recovery)?;
+    let recovered = open.len();
+    for job in open {
+        let _ = events.send(Event::Queued {
+            job,
+            superseded: None,
+        });
+    }
+    Ok(recovered)
+}
+
+/// Starts the scheduler and the pool of build threads it hands jobs to. The receiver returned
+/// disconnects once the last build thread has ended: each holds a sender that nothing sends on.
+fn start_builds(
+    workers: usize,
+    events: Receiver<Event>,
+    ctx: Context,
+) -> Result<Receiver<()>, DaemonError> {
+    let (pool, jobs) = crossbeam_channel::unbounded();
+    let metrics = ctx.metrics.clone();
+    spawn_core("scheduler", move || {
+        scheduler::run(events, pool, workers, metrics)
+    })
+    .map_err(DaemonError::thread("scheduler"))?;
+    let (alive, builds_gone) = crossbeam_channel::bounded::<()>(0);
+    for i in 0..workers {
+        let (ctx, jobs, alive) = (ctx.clone(), jobs.clone(), alive.clone());
+        let name = format!("build-{i}");
+        spawn_core(&name, move || {
+            let _alive = alive;
+            build::worker(ctx, jobs)
+        })
+        .map_err(|source| DaemonError::Thread { name, source })?;
+    }
+    Ok(builds_gone)
 }
 
 /// Creates the state folders; build directories left by a previous run are moved aside at once
