@@ -129,56 +129,67 @@ fn run_job(ctx: &Context, job: &QueuedJob, control: &Control) {
         let _ = ctx.janitor.send(dir);
     }
     match verdict {
-        Some(mut v) => {
-            v.error = v.error.map(|e| mask(&log, &e));
-            let status = v.error.as_deref().unwrap_or("ok");
-            say(
-                &log,
-                &format!("{} after {elapsed:.2} s: {status}", v.state.as_str()),
-            );
-            let finish = Op::Finish {
-                job_id: job.id.clone(),
-                state: v.state,
-                exit_code: v.exit_code,
-                error: v.error,
-                now: now_ms(),
-            };
-            if let Some(Outcome::Finished(_)) = record(ctx, finish, control) {
-                ctx.metrics.build_duration.observe(elapsed);
-                log::info!(
-                    "job={} hook={} {} in {elapsed:.2} s",
-                    job.id,
-                    job.hook_id,
-                    v.state.as_str()
-                );
-            }
+        Some(v) => record_verdict(ctx, job, control, &log, v, elapsed),
+        None => record_stop(ctx, job, control, &log, elapsed),
+    }
+}
+
+/// Writes a job's terminal state, after the line that ends its log.
+fn record_verdict(
+    ctx: &Context,
+    job: &QueuedJob,
+    control: &Control,
+    log: &SharedLog,
+    mut v: Verdict,
+    elapsed: f64,
+) {
+    v.error = v.error.map(|e| mask(log, &e));
+    let status = v.error.as_deref().unwrap_or("ok");
+    say(
+        log,
+        &format!("{} after {elapsed:.2} s: {status}", v.state.as_str()),
+    );
+    let finish = Op::Finish {
+        job_id: job.id.clone(),
+        state: v.state,
+        exit_code: v.exit_code,
+        error: v.error,
+        now: now_ms(),
+    };
+    if let Some(Outcome::Finished(_)) = record(ctx, finish, control) {
+        ctx.metrics.build_duration.observe(elapsed);
+        log::info!(
+            "job={} hook={} {} in {elapsed:.2} s",
+            job.id,
+            job.hook_id,
+            v.state.as_str()
+        );
+    }
+}
+
+/// A stopped build without a verdict: a shutdown puts the job back to PENDING; a newer trigger
+/// has already made it CANCELED in the journal.
+fn record_stop(ctx: &Context, job: &QueuedJob, control: &Control, log: &SharedLog, elapsed: f64) {
+    if control.reason() == Some(StopReason::Shutdown) {
+        say(
+            log,
+            "stopped by daemon shutdown; the job starts over after the restart",
+        );
+        if let Err(e) = ctx.journal.submit(Op::Requeue {
+            job_id: job.id.clone(),
+        }) {
+            log::error!("job={} not requeued ({e}); it restarts anyway", job.id);
         }
-        None => match control.reason() {
-            Some(StopReason::Shutdown) => {
-                say(
-                    &log,
-                    "stopped by daemon shutdown; the job starts over after the restart",
-                );
-                if let Err(e) = ctx.journal.submit(Op::Requeue {
-                    job_id: job.id.clone(),
-                }) {
-                    log::error!("job={} not requeued ({e}); it restarts anyway", job.id);
-                }
-            }
-            _ => {
-                say(
-                    &log,
-                    &format!(
-                        "CANCELED after {elapsed:.2} s: superseded by a newer trigger of this hook"
-                    ),
-                );
-                log::info!(
-                    "job={} hook={} canceled while building",
-                    job.id,
-                    job.hook_id
-                );
-            }
-        },
+    } else {
+        say(
+            log,
+            &format!("CANCELED after {elapsed:.2} s: superseded by a newer trigger of this hook"),
+        );
+        log::info!(
+            "job={} hook={} canceled while building",
+            job.id,
+            job.hook_id
+        );
     }
 }
 
