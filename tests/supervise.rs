@@ -54,6 +54,27 @@ fn a_scheduler_panic_ends_the_process_with_status_70() {
 }
 
 #[test]
+fn a_journal_writer_panic_ends_the_process() {
+    let dir = TempDir::new("writer-panic");
+    let config = one_project(&dir, "true");
+    // The first commit is the hook's creation.
+    let mut d = Daemon::start_with_env(&config, &[(FAULT, "journal-writer:1")]);
+    d.hooks_create("site", "hook", "main", false);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(15)),
+        Some(DIED),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text()
+            .contains("thread journal-writer died (panic: fault injected"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
 fn a_listener_that_dies_at_start_ends_the_process() {
     for thread in ["http-public", "http-status"] {
         let dir = TempDir::new("listener-panic");
