@@ -69,10 +69,15 @@ fn log_warnings(config: &Config) {
 
 /// What the daemon takes of the process before any thread exists.
 pub struct Claim {
+    /// SIGTERM, SIGINT and SIGHUP, delivered to the main thread's loop.
     signals: Signals,
+    /// The admin socket, bound with its mode.
     admin: UnixListener,
+    /// The hook listener's socket (`listen`), passed by systemd or bound here.
     public: TcpListener,
+    /// The status listener's socket (`status_listen`).
     status: TcpListener,
+    /// How often systemd wants a watchdog ping, if it does.
     watchdog: Option<Duration>,
 }
 
