@@ -39,6 +39,8 @@ impl QueuedJob {
 pub enum StopReason {
     /// A newer trigger of the same hook canceled the job.
     Superseded,
+    /// An operator canceled the job (`jobs cancel`).
+    Canceled,
     /// The build ran past its project's `timeout_secs`.
     Timeout,
     /// The daemon is stopping; the job starts over after the restart.

@@ -140,6 +140,7 @@ impl Metrics {
             }
             Outcome::Started(_) => self.job_entered(JobState::Building),
             Outcome::Finished(row) => self.job_entered(row.job.state),
+            Outcome::Canceled { .. } => self.job_entered(JobState::Canceled),
             _ => {}
         }
     }

@@ -26,6 +26,8 @@ pub enum Action {
     Start(QueuedJob),
     /// Stop the running build of this job: a newer trigger superseded it.
     Stop(String),
+    /// Stop the running build of this job: an operator canceled it.
+    Cancel(String),
 }
 
 /// The scheduling rules, without threads.
@@ -62,6 +64,16 @@ impl Plan {
         self.pending.push_back(job);
         self.dispatch(&mut actions);
         actions
+    }
+
+    /// An operator canceled `job_id` (already CANCELED in the journal): it leaves the queue,
+    /// or its build is stopped as a superseded one is.
+    pub fn canceled(&mut self, job_id: &str) -> Vec<Action> {
+        self.pending.retain(|j| j.id != job_id);
+        if self.running.contains_key(job_id) {
+            return vec![Action::Cancel(job_id.to_string())];
+        }
+        Vec::new()
     }
 
     /// A build thread is done with `job_id` (whatever the outcome).
@@ -121,6 +133,10 @@ pub enum Event {
     Finished {
         job_id: String,
     },
+    /// An operator canceled this job (the journal says CANCELED already).
+    Canceled {
+        job_id: String,
+    },
     /// Stop every running build (they start over after the restart) and start nothing new.
     Shutdown,
     /// Answered at once: proves the scheduler thread still runs (watchdog).
@@ -136,6 +152,9 @@ impl Event {
             Outcome::Triggered { row, superseded } => Some(Event::Queued {
                 job: QueuedJob::from_row(row, false),
                 superseded: superseded.as_ref().map(|(id, _)| id.clone()),
+            }),
+            Outcome::Canceled { row, .. } => Some(Event::Canceled {
+                job_id: row.job.id.clone(),
             }),
             _ => None,
         }
@@ -207,6 +226,7 @@ pub fn run(
                 controls.0.remove(&job_id);
                 plan.finished(&job_id)
             }
+            Event::Canceled { job_id } => plan.canceled(&job_id),
             Event::Shutdown => {
                 plan.drain();
                 pool = None;
@@ -237,6 +257,12 @@ pub fn run(
                     if let Some(control) = controls.0.get(&job_id) {
                         log::info!("stopping job={job_id}: superseded by a newer trigger");
                         control.stop(StopReason::Superseded);
+                    }
+                }
+                Action::Cancel(job_id) => {
+                    if let Some(control) = controls.0.get(&job_id) {
+                        log::info!("stopping job={job_id}: canceled by operator");
+                        control.stop(StopReason::Canceled);
                     }
                 }
             }
@@ -270,9 +296,20 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Start(j) => Some(j.id.as_str()),
-                Action::Stop(_) => None,
+                Action::Stop(_) | Action::Cancel(_) => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_canceled_job_leaves_the_queue_or_has_its_build_stopped() {
+        let mut p = Plan::new(1);
+        assert_eq!(started(&p.queued(job("a", "h1", "p"), None)), ["a"]);
+        assert!(p.queued(job("b", "h2", "p"), None).is_empty());
+        assert!(p.canceled("b").is_empty());
+        assert!(!p.holds("b"));
+        assert_eq!(p.canceled("a"), vec![Action::Cancel("a".into())]);
+        assert!(p.canceled("gone").is_empty());
     }
 
     #[test]

@@ -130,6 +130,15 @@ fn a_long_poll_ends_with_the_job_state_at_its_deadline_or_when_superseded() {
     let r = waiting.join().unwrap();
     assert_eq!(r.json()["job"]["state"], "CANCELED");
     assert_eq!(r.json()["job"]["canceledBy"], newer.as_str());
+    // An operator's cancel answers the waiting callers too, at once.
+    s.daemon.wait_state(&newer, "BUILDING", T);
+    let (addr, path) = (s.daemon.public, format!("{}/jobs/{newer}?wait=60", s.path));
+    let waiting = std::thread::spawn(move || get(addr, &path));
+    assert!(wait_until(T, || waiting_callers(&s) == 1));
+    assert!(s.daemon.cli(&["jobs", "cancel", &newer]).status.success());
+    let r = waiting.join().unwrap();
+    assert_eq!(r.json()["job"]["state"], "CANCELED");
+    assert_eq!(r.json()["job"]["error"], "canceled by operator");
     std::fs::write(&gate, "").unwrap();
 }
 

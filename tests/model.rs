@@ -107,7 +107,7 @@ impl System {
                     );
                     self.running.insert(job.id);
                 }
-                Action::Stop(id) => {
+                Action::Stop(id) | Action::Cancel(id) => {
                     assert!(self.running.contains(&id), "stop of a job not running")
                 }
             }

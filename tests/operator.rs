@@ -166,3 +166,37 @@ fn cancel_ends_a_pending_job_and_refuses_a_finished_one() {
         "a malformed id is a bad argument"
     );
 }
+#[test]
+fn cancel_stops_a_building_job_s_process_group_as_supersession_does() {
+    let dir = TempDir::new("ocancelb");
+    let marker = dir.path().join("child.pid");
+    // The build leaves a grandchild behind in its process group, then waits.
+    let build = format!(
+        "sh -c 'echo $$ > {m}; exec sleep 300' & sleep 300",
+        m = marker.display()
+    );
+    let s = setup_in(dir, &build, &[("a", "1")], "", Daemon::start);
+    let id = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&id, "BUILDING", T);
+    assert!(wait_until(T, || std::fs::read_to_string(&marker)
+        .is_ok_and(|p| !p.trim().is_empty())));
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid_alive(pid));
+    let out = s.daemon.cli(&["jobs", "cancel", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_until(T, || !pid_alive(pid)),
+        "the build's process group outlived the cancel"
+    );
+    let job = s.daemon.job(&id);
+    assert_eq!(job["state"], "CANCELED");
+    assert_eq!(job["error"], "canceled by operator");
+    assert!(wait_until(T, || s.daemon.job_log(&id).contains("CANCELED")));
+    // The project builds again afterwards.
+    let next = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&next, "BUILDING", T);
+}

@@ -181,10 +181,11 @@ fn record_stop(ctx: &Context, job: &QueuedJob, control: &Control, log: &SharedLo
             log::error!("job={} not requeued ({e}); it restarts anyway", job.id);
         }
     } else {
-        say(
-            log,
-            &format!("CANCELED after {elapsed:.2} s: superseded by a newer trigger of this hook"),
-        );
+        let why = match control.reason() {
+            Some(StopReason::Canceled) => "canceled by operator",
+            _ => "superseded by a newer trigger of this hook",
+        };
+        say(log, &format!("CANCELED after {elapsed:.2} s: {why}"));
         log::info!(
             "job={} hook={} canceled while building",
             job.id,
@@ -325,7 +326,7 @@ fn stopped(reason: StopReason, project: &Project) -> Option<Verdict> {
             "timed out after {} s (timeout_secs)",
             project.timeout.as_secs()
         ))),
-        StopReason::Superseded | StopReason::Shutdown => None,
+        StopReason::Superseded | StopReason::Canceled | StopReason::Shutdown => None,
     }
 }
 

@@ -260,7 +260,7 @@ fn after_commit(
                 superseded: Some((id, _)),
                 ..
             } => waiters.ended(id),
-            Outcome::Finished(row) => waiters.ended(&row.job.id),
+            Outcome::Finished(row) | Outcome::Canceled { row, .. } => waiters.ended(&row.job.id),
             Outcome::Pruned(ids) => {
                 for id in ids {
                     let _ = janitor.send(logs.join(format!("{id}.log")));
