@@ -474,7 +474,7 @@ fn cancel_latency() -> (f64, f64) {
         let resp = http(d.public, "POST", path, &[], b"");
         let acked = Instant::now();
         assert_eq!(resp.status, 201);
-        while deployhook::sys::group_exists(pgid) {
+        while deployhook::harness::group_exists(pgid) {
             std::thread::sleep(Duration::from_micros(200));
         }
         samples.push(acked.elapsed().as_secs_f64() * 1000.0);
@@ -592,7 +592,7 @@ fn checkout() -> (f64, Option<f64>, f64, f64) {
     // of its name), to tell what the flag does from what the checkout method does.
     let flagged = dir.path().join("flagged");
     std::fs::create_dir_all(&flagged).unwrap();
-    let flag_set = deployhook::sys::spread_new_directories(&flagged);
+    let flag_set = deployhook::harness::spread_new_directories(&flagged);
     let (mut plain, mut plain_flagged, mut times) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..8 {
         // A new commit before each job, as a real deploy has.

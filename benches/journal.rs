@@ -13,8 +13,8 @@
 mod common;
 
 use common::*;
-use deployhook::journal::{Hook, JobFilter, Journal, Op};
-use deployhook::secret::hash_secret;
+use deployhook::harness::hash_secret;
+use deployhook::harness::{Hook, JobFilter, Journal, Op};
 use std::time::{Duration, Instant};
 
 const HOOKS: usize = 1000;
@@ -104,7 +104,7 @@ struct Scale {
 
 fn measure(jobs: usize) -> Scale {
     let dir = TempDir::new("bench-scale");
-    let path = dir.path().join(deployhook::journal::FILE_NAME);
+    let path = dir.path().join(deployhook::harness::FILE_NAME);
     let t0 = Instant::now();
     fill(&path, jobs);
     let fill_time = t0.elapsed();

@@ -1,29 +1,36 @@
-//! deployhook as a library: the modules behind the `deployhook` binary, public so that
-//! benchmarks and fault tests can drive the journal and the scheduler directly. DESIGN.md holds
-//! the architecture; `main.rs` only dispatches the command line.
+//! deployhook as a library: the modules behind the `deployhook` binary. Two are public: [`cli`],
+//! which the binary calls, and [`harness`], what benchmarks, fuzz targets and the journal and
+//! scheduler tests drive directly. DESIGN.md holds the architecture.
+//!
+//! `unsafe` is refused everywhere but in `sys`, the one small module for what std lacks, where
+//! every block carries a `SAFETY` comment.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod admin;
-pub mod args;
-pub mod build;
-pub mod client;
-pub mod clock;
-pub mod config;
-pub mod daemon;
-pub mod demo;
+mod admin;
+mod args;
+mod build;
+pub mod cli;
+mod client;
+mod clock;
+mod config;
+mod daemon;
+mod demo;
 mod env_file;
 mod git_access;
-pub mod http;
-pub mod janitor;
-pub mod job;
-pub mod journal;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
+pub mod harness;
+mod http;
+mod janitor;
+mod job;
+mod journal;
+mod logging;
+mod metrics;
+mod notify;
 mod redact;
-pub mod scheduler;
-pub mod secret;
-pub mod supervise;
-/// Thin wrappers over what std lacks (process groups, umask, file-system flags); public for the
-/// benchmarks, which time cancellation and checkouts with them.
-pub mod sys;
-pub mod timefmt;
+mod scheduler;
+mod secret;
+mod supervise;
+/// Thin wrappers over what std lacks (process groups, umask, file-system flags, rlimits).
+#[allow(unsafe_code)]
+mod sys;
+mod timefmt;

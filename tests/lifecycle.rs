@@ -255,9 +255,9 @@ fn a_clean_stop_leaves_the_whole_journal_in_journal_redb() {
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
     // The backup the README describes: journal.redb alone, without its write-ahead log.
     let backup = TempDir::new("lfold-backup");
-    let copy = backup.path().join(deployhook::journal::FILE_NAME);
+    let copy = backup.path().join(deployhook::harness::FILE_NAME);
     std::fs::copy(d.journal_path(), &copy).unwrap();
-    let (journal, _writer) = deployhook::journal::Journal::open(&copy).unwrap();
+    let (journal, _writer) = deployhook::harness::Journal::open(&copy).unwrap();
     for id in &ids {
         assert!(
             journal.job(id).unwrap().is_some(),

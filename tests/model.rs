@@ -7,10 +7,10 @@
 mod common;
 
 use common::TempDir;
-use deployhook::job::QueuedJob;
-use deployhook::journal::{Hook, JobState, Journal, Op, Outcome};
-use deployhook::scheduler::{recover, Action, Plan};
-use deployhook::secret::hash_secret;
+use deployhook::harness::hash_secret;
+use deployhook::harness::QueuedJob;
+use deployhook::harness::{recover, Action, Plan};
+use deployhook::harness::{Hook, JobState, Journal, Op, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
 
 const WORKERS: usize = 2;
@@ -53,7 +53,7 @@ struct System {
 
 fn open_journal(dir: &TempDir) -> (Journal, std::thread::JoinHandle<()>) {
     let (journal, writer) =
-        Journal::open(&dir.path().join(deployhook::journal::FILE_NAME)).unwrap();
+        Journal::open(&dir.path().join(deployhook::harness::FILE_NAME)).unwrap();
     let handle = std::thread::spawn(move || writer.run(|_| {}, |_| {}));
     (journal, handle)
 }

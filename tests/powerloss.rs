@@ -4,8 +4,8 @@
 //! a run of 200 trigger commits, every trigger acknowledged before the crash is present after
 //! the journal is reopened from what survived, and the reopened journal takes new triggers.
 
-use deployhook::journal::{Hook, Journal, LogFile, Op, Outcome};
-use deployhook::secret::hash_secret;
+use deployhook::harness::hash_secret;
+use deployhook::harness::{Hook, Journal, LogFile, Op, Outcome};
 use std::io;
 use std::sync::{Arc, Mutex};
 

@@ -221,7 +221,7 @@ fn the_secret_is_stored_only_as_a_hash_and_never_logged() {
     ));
     assert!(!s.daemon.log_text().contains(&secret));
     let journal = s.daemon.journal_path();
-    let log_file = journal.with_extension(deployhook::journal::LOG_EXTENSION);
+    let log_file = journal.with_extension(deployhook::harness::LOG_EXTENSION);
     for file in [journal, log_file] {
         let bytes = std::fs::read(&file).unwrap();
         assert!(

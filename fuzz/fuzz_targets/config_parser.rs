@@ -7,7 +7,7 @@ use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Err(e) = deployhook::config::parse(Path::new("/etc/deployhook/fuzz.toml"), text) {
+        if let Err(e) = deployhook::harness::parse_config(Path::new("/etc/deployhook/fuzz.toml"), text) {
             let _ = e.to_string();
         }
     }

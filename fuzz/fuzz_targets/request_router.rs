@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = deployhook::http::exchange_offline(data);
+    let _ = deployhook::harness::exchange_offline(data);
 });

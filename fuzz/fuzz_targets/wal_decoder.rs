@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    deployhook::journal::fuzz_decode(data);
+    deployhook::harness::fuzz_decode(data);
 });

@@ -14,5 +14,5 @@ mod job_log;
 mod process;
 mod worker;
 
-pub use process::{kill_by_job_id, reap_orphans};
+pub use process::reap_orphans;
 pub use worker::{worker, Context};

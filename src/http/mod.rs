@@ -21,7 +21,7 @@ pub mod trigger;
 pub mod waiters;
 pub mod workers;
 
-pub use response::{Producer, Reply, ReplyBody};
+pub use response::Reply;
 
 /// Runs the request side of both listeners on raw bytes, with no socket and no journal: the
 /// session (head parsing, framing, `100 Continue`, refusals), the hook and status routes'
@@ -197,6 +197,7 @@ impl From<crate::journal::ReadError> for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use super::response::ReplyBody;
     use super::*;
     use crate::journal::{JournalError, ReadError};
 

@@ -34,7 +34,7 @@ mod writer;
 
 pub use apply::MAX_PRUNE_PER_OP;
 pub use error::{JournalError, ReadError};
-pub use ops::{CommitStats, Op, Outcome};
+pub use ops::{Op, Outcome};
 pub use reads::JobFilter;
 pub use records::{Hook, Job, JobRow, JobState};
 #[doc(hidden)]

@@ -470,7 +470,7 @@ impl Daemon {
     }
 
     pub fn journal_path(&self) -> PathBuf {
-        self.state_dir().join(deployhook::journal::FILE_NAME)
+        self.state_dir().join(deployhook::harness::FILE_NAME)
     }
 }
 
