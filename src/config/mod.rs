@@ -13,12 +13,15 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
-use raw::parse_with;
+use check::Checker;
+use raw::RawConfig;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use toml::de::DeTable;
 
 pub const ENV_CONFIG: &str = "DEPLOYHOOK_CONFIG";
 pub const DEFAULT_PATH: &str = "/etc/deployhook/deployhook.toml";
@@ -251,4 +254,15 @@ pub fn is_project_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn parse_with(path: &Path, text: &str, files: Files) -> Result<Config, ConfigError> {
+    let checker = Checker { path, text, files };
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if let Some(e) = errors.first() {
+        return Err(checker.toml_error(doc.get_ref(), e));
+    }
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone()))
+        .map_err(|e| checker.toml_error(doc.get_ref(), &e))?;
+    checker.check(raw)
 }

@@ -2,7 +2,6 @@
 //! their place in the file as [`Spanned`]), and placing an error toml itself reports at the
 //! key it is about, as written.
 
-use super::check::Checker;
 use super::*;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
@@ -77,17 +76,6 @@ impl<'de> Deserialize<'de> for Whole {
         }
         d.deserialize_u64(Visitor)
     }
-}
-
-pub(super) fn parse_with(path: &Path, text: &str, files: Files) -> Result<Config, ConfigError> {
-    let checker = Checker { path, text, files };
-    let (doc, errors) = DeTable::parse_recoverable(text);
-    if let Some(e) = errors.first() {
-        return Err(checker.toml_error(doc.get_ref(), e));
-    }
-    let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone()))
-        .map_err(|e| checker.toml_error(doc.get_ref(), &e))?;
-    checker.check(raw)
 }
 
 /// 1-based line of a byte offset.
