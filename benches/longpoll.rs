@@ -16,20 +16,6 @@ const WAITERS: usize = 5_000;
 const CLIENTS: usize = 16;
 const RUN: Duration = Duration::from_secs(5);
 
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write the struct on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
@@ -77,14 +63,6 @@ fn triggers_per_sec(addr: SocketAddr, hooks: &[String]) -> f64 {
     created as f64 / t0.elapsed().as_secs_f64()
 }
 
-fn metric(d: &Daemon, name: &str) -> u64 {
-    let text = http(d.status, "GET", "/metrics", &[], b"").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
     raise_nofile();
     let dir = TempDir::new("bench-longpoll");
@@ -126,7 +104,7 @@ fn main() {
     let wait_rss = rss_kib(pid);
     let wait_threads = threads(pid);
     let wait_rate = triggers_per_sec(d.public, &hooks);
-    let still = metric(&d, "deployhook_waiting_callers");
+    let still = metric(&d, "deployhook_waiting_callers") as u64;
 
     // Release them all: the job ends and every caller is answered.
     let t0 = Instant::now();

@@ -87,15 +87,6 @@ fn load(addr: SocketAddr, paths: &[String], clients: usize) -> Figures {
     }
 }
 
-fn metric(d: &Daemon, name: &str) -> f64 {
-    let text = http(d.status, "GET", "/metrics", &[], b"").text();
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn main() {
     let dir = TempDir::new("bench-triggers");
     let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);

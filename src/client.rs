@@ -187,15 +187,11 @@ pub fn hooks_create(config: &Config, new: &NewHook, json: bool) -> Result<(), Cl
             verify,
         },
     )?;
-    if json {
-        println!("{}", serde_json::json!({"hook": hook, "url": url}));
-    } else {
-        println!("{url}");
-        eprintln!(
-            "created {} for project {} branch {}; the URL is shown only now, keep it secret",
-            hook.id, hook.project, hook.branch
-        );
-    }
+    let note = format!(
+        "created {} for project {} branch {}; the URL is shown only now, keep it secret",
+        hook.id, hook.project, hook.branch
+    );
+    print_hook_url(&hook, &url, json, &note);
     Ok(())
 }
 
@@ -253,15 +249,11 @@ pub fn hooks_trigger(config: &Config, id: &str, json: bool) -> Result<(), Client
 /// `hooks rotate`: prints the new URL alone on stdout, shown only this once.
 pub fn hooks_rotate(config: &Config, id: &str, json: bool) -> Result<(), ClientError> {
     let Rotated { hook, url } = admin_of(config, &Request::Rotate { id: id.into() })?;
-    if json {
-        println!("{}", serde_json::json!({"hook": hook, "url": url}));
-    } else {
-        println!("{url}");
-        eprintln!(
-            "new secret for {}; the old URL is refused from now on; the new one is shown only now",
-            hook.id
-        );
-    }
+    let note = format!(
+        "new secret for {}; the old URL is refused from now on; the new one is shown only now",
+        hook.id
+    );
+    print_hook_url(&hook, &url, json, &note);
     Ok(())
 }
 
@@ -274,6 +266,16 @@ pub fn jobs_cancel(config: &Config, job: &str, json: bool) -> Result<(), ClientE
         println!("canceled {}", job.id);
     }
     Ok(())
+}
+
+/// A hook URL shown once: alone on stdout (the note on stderr), or as JSON.
+fn print_hook_url(hook: &crate::journal::Hook, url: &str, json: bool, note: &str) {
+    if json {
+        println!("{}", serde_json::json!({"hook": hook, "url": url}));
+    } else {
+        println!("{url}");
+        eprintln!("{note}");
+    }
 }
 
 fn print_table(header: &[&str], rows: &[Vec<String>]) {

@@ -189,22 +189,6 @@ fn a_client_sending_one_byte_a_second_is_cut_off() {
     assert!(took < Duration::from_secs(14), "cut off after {took:?}");
 }
 
-/// Raises this test process's open-file limit to its hard limit (the flood needs more than
-/// the usual 1024 sockets).
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write the struct on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 #[test]
 fn a_flood_of_idle_and_trickling_connections_on_both_listeners_refuses_nobody() {
     raise_nofile();

@@ -313,14 +313,7 @@ fn the_admin_socket_can_be_shared_with_a_group() {
 #[test]
 fn concurrent_triggers_share_journal_commits() {
     let s = setup("tgroup", "true", &[("a", "1")], "");
-    let metric = |name: &str| -> f64 {
-        let text = http(s.daemon.status, "GET", "/metrics", &[], b"").text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let metric = |name: &str| metric(&s.daemon, name);
     let (c0, o0) = (
         metric("deployhook_journal_commits_total"),
         metric("deployhook_journal_ops_total"),
@@ -352,14 +345,7 @@ fn concurrent_triggers_share_journal_commits() {
 #[test]
 fn an_idle_daemon_commits_nothing() {
     let s = setup("tidle", "true", &[("a", "1")], "");
-    let metric = |name: &str| -> u64 {
-        let text = http(s.daemon.status, "GET", "/metrics", &[], b"").text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let metric = |name: &str| metric(&s.daemon, name) as u64;
     let (commits, passes) = (
         metric("deployhook_journal_commits_total"),
         metric("deployhook_retention_passes_total"),

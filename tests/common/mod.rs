@@ -742,3 +742,30 @@ pub fn start_projects(
     let daemon = Daemon::start(&config);
     (dir, repo, daemon)
 }
+
+/// Raises this process's open-file limit to its hard limit (floods and benchmarks hold more
+/// than the usual 1024 sockets).
+#[allow(dead_code)]
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct on our stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// One value of the daemon's `/metrics` (a series without labels).
+#[allow(dead_code)]
+pub fn metric(d: &Daemon, name: &str) -> f64 {
+    let text = http(d.status, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
