@@ -69,6 +69,7 @@ fn fill(path: &std::path::Path, jobs: usize) {
                             project: "site".into(),
                             job_id: format!("{n:020}"),
                             now: n as u64,
+                            not_before: None,
                         })
                         .unwrap();
                 }

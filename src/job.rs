@@ -18,6 +18,8 @@ pub struct QueuedJob {
     pub branch: String,
     /// A build of this job was started before and interrupted (daemon stop or crash).
     pub restarted: bool,
+    /// Debounce: not to start before this time (Unix ms).
+    pub not_before: Option<u64>,
 }
 
 impl QueuedJob {
@@ -30,6 +32,7 @@ impl QueuedJob {
             project: row.job.project.clone(),
             branch: row.job.branch.clone(),
             restarted,
+            not_before: row.job.not_before,
         }
     }
 }

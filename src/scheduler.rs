@@ -15,10 +15,11 @@ use crate::job::{Control, QueuedJob, StopReason};
 use crate::journal::{JobState, Journal, JournalError, Op, Outcome};
 use crate::metrics::Metrics;
 use crate::supervise;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the plan asks the scheduler thread to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,13 +92,24 @@ impl Plan {
         self.draining = true;
     }
 
+    /// Time has passed: starts what debounce held back and is now due.
+    pub fn tick(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.dispatch(&mut actions);
+        actions
+    }
+
+    /// When the next debounced job becomes due (Unix ms), if one waits.
+    pub fn next_due(&self) -> Option<u64> {
+        self.pending.iter().filter_map(|j| j.not_before).min()
+    }
+
     fn dispatch(&mut self, actions: &mut Vec<Action>) {
+        let now = crate::clock::now_ms();
         while !self.draining && self.running.len() < self.workers {
-            let Some(pos) = self
-                .pending
-                .iter()
-                .position(|j| !self.busy_projects.contains(&j.project))
-            else {
+            let Some(pos) = self.pending.iter().position(|j| {
+                !self.busy_projects.contains(&j.project) && j.not_before.is_none_or(|t| t <= now)
+            }) else {
                 break;
             };
             let Some(job) = self.pending.remove(pos) else {
@@ -141,6 +153,8 @@ pub enum Event {
     Shutdown,
     /// Answered at once: proves the scheduler thread still runs (watchdog).
     Ping(Sender<()>),
+    /// A debounced job may have become due (sent by the scheduler's own wait).
+    Tick,
 }
 
 impl Event {
@@ -218,9 +232,25 @@ pub fn run(
     // Dropped at shutdown, so build threads end once their current job has stopped.
     let mut pool = Some(pool);
     let mut controls = Running::default();
-    for event in events {
+    loop {
+        // Wait for the next event, or until a debounced job becomes due.
+        let event = match plan.next_due() {
+            None => events.recv().ok(),
+            Some(due) => {
+                let wait = due.saturating_sub(crate::clock::now_ms());
+                match events.recv_timeout(Duration::from_millis(wait)) {
+                    Ok(event) => Some(event),
+                    Err(RecvTimeoutError::Timeout) => Some(Event::Tick),
+                    Err(RecvTimeoutError::Disconnected) => None,
+                }
+            }
+        };
+        let Some(event) = event else {
+            break;
+        };
         let queued = matches!(event, Event::Queued { .. });
         let actions = match event {
+            Event::Tick => plan.tick(),
             Event::Queued { job, superseded } => plan.queued(job, superseded.as_deref()),
             Event::Finished { job_id } => {
                 controls.0.remove(&job_id);
@@ -288,6 +318,7 @@ mod tests {
             project: project.into(),
             branch: "main".into(),
             restarted: false,
+            not_before: None,
         }
     }
 
@@ -299,6 +330,22 @@ mod tests {
                 Action::Stop(_) | Action::Cancel(_) => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_debounced_job_waits_for_its_time() {
+        let mut p = Plan::new(2);
+        let later = crate::clock::now_ms() + 60_000;
+        let mut held = job("d", "h1", "p");
+        held.not_before = Some(later);
+        assert!(p.queued(held, None).is_empty());
+        assert_eq!(p.next_due(), Some(later));
+        assert!(p.tick().is_empty());
+        // Another project's job is not held up by it.
+        assert_eq!(started(&p.queued(job("x", "h2", "q"), None)), ["x"]);
+        let mut due = job("e", "h3", "r");
+        due.not_before = Some(crate::clock::now_ms() - 1);
+        assert_eq!(started(&p.queued(due, None)), ["e"]);
     }
 
     #[test]

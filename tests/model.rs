@@ -122,6 +122,7 @@ impl System {
                 project: HOOKS[hook].into(),
                 job_id: job_id.into(),
                 now: 1,
+                not_before: None,
             })
             .unwrap();
         let Outcome::Triggered { row, superseded } = out else {

@@ -192,6 +192,7 @@ fn trigger(journal: &Journal, n: usize) -> bool {
             project: "site".into(),
             job_id: format!("{n:020}"),
             now: n as u64,
+            not_before: None,
         }),
         Ok(Outcome::Triggered { .. })
     )

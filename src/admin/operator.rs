@@ -25,10 +25,13 @@ impl Admin {
         }
         let now = now_ms();
         let job_id = secret::new_job_id(now)?;
+        let hook = self.journal.hooks()?.into_iter().find(|h| h.id == id);
+        let not_before = hook.and_then(|h| self.config().projects.get(&h.project)?.not_before(now));
         match self.journal.submit(Op::TriggerHook {
             hook_id: id.clone(),
             job_id,
             now,
+            not_before,
         })? {
             Outcome::Triggered { row, .. } => {
                 log::info!("trigger hook={id} job={} by=operator", row.job.id);

@@ -267,6 +267,14 @@ impl Checker<'_> {
                 "must be at least 1",
             )?
             .map_or(DEFAULT_TIMEOUT_SECS, Whole::get);
+        let debounce_secs = self
+            .whole(
+                &key("debounce_secs"),
+                raw.debounce_secs,
+                |n| n <= MAX_DEBOUNCE_SECS,
+                &format!("must be at most {MAX_DEBOUNCE_SECS} (a day)"),
+            )?
+            .map_or(0, Whole::get);
         let (env, env_at) = match raw.env {
             Some(env) => (env.get_ref().clone(), env.span().start),
             None => (BTreeMap::new(), at),
@@ -285,6 +293,7 @@ impl Checker<'_> {
             name,
             build,
             timeout: Duration::from_secs(timeout_secs),
+            debounce: Duration::from_secs(debounce_secs),
             env,
             ssh_key: file("ssh_key", raw.ssh_key)?,
             known_hosts: file("known_hosts", raw.known_hosts)?,

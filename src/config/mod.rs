@@ -39,6 +39,7 @@ const DEFAULT_KEEP_JOBS: usize = 200;
 const DEFAULT_MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 const MIN_MAX_LOG_BYTES: u64 = 1024;
 const DEFAULT_TIMEOUT_SECS: u64 = 900;
+const MAX_DEBOUNCE_SECS: u64 = 86_400;
 const MAX_PROJECT_NAME: usize = 64;
 
 /// The whole daemon configuration, checked and with paths resolved.
@@ -68,6 +69,9 @@ pub struct Project {
     pub repo: String,
     pub build: String,
     pub timeout: Duration,
+    /// A job waits this long after its trigger before it may start (`debounce_secs`); a newer
+    /// trigger of the hook supersedes it meanwhile, so a burst builds once, after the last.
+    pub debounce: Duration,
     pub env: BTreeMap<String, String>,
     /// Private key for git over SSH, used alone (`ssh_key`).
     pub ssh_key: Option<PathBuf>,
@@ -80,6 +84,11 @@ pub struct Project {
 }
 
 impl Project {
+    /// When a job triggered at `now` (Unix ms) may start: `None` without debounce.
+    pub fn not_before(&self, now: u64) -> Option<u64> {
+        (!self.debounce.is_zero()).then(|| now + self.debounce.as_millis() as u64)
+    }
+
     /// What `check-config` and `serve` warn about: valid, but not advisable.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();

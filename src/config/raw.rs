@@ -34,6 +34,7 @@ pub(super) struct RawProject {
     pub(super) repo: Option<Spanned<String>>,
     pub(super) build: Option<Spanned<String>>,
     pub(super) timeout_secs: Option<Spanned<Whole>>,
+    pub(super) debounce_secs: Option<Spanned<Whole>>,
     pub(super) env: Option<Spanned<BTreeMap<String, String>>>,
     pub(super) ssh_key: Option<Spanned<String>>,
     pub(super) known_hosts: Option<Spanned<String>>,

@@ -44,6 +44,7 @@ impl Front {
                 journal: core.journal.clone(),
                 metrics: core.metrics.clone(),
                 waiters: core.waiters.clone(),
+                config: core.config.clone(),
             }),
             Limits::DEFAULT,
         )

@@ -22,11 +22,12 @@ use super::waiters::Waiters;
 use super::{ApiError, Reply};
 use crate::clock::now_ms;
 use crate::config::is_project_name;
+use crate::config::Config;
 use crate::journal::{Journal, Op, Outcome, SecretLookup};
 use crate::metrics::{Metrics, TriggerResult};
 use crate::secret;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tiny_http::Method;
 
@@ -43,6 +44,8 @@ pub struct TriggerHandler {
     pub journal: Journal,
     pub metrics: Arc<Metrics>,
     pub waiters: Arc<Waiters>,
+    /// The running config, for each project's debounce.
+    pub config: Arc<RwLock<Arc<Config>>>,
 }
 
 /// A hook path: a trigger, or a job of the hook.
@@ -273,6 +276,12 @@ impl TriggerHandler {
         }
     }
 
+    /// Debounce: when a job of `project` triggered at `now` may start.
+    fn not_before(&self, project: &str, now: u64) -> Option<u64> {
+        let config = self.config.read().unwrap_or_else(PoisonError::into_inner);
+        config.projects.get(project)?.not_before(now)
+    }
+
     /// The op that commits a job for the hook behind `secret`, or the refusal and, for the
     /// operator's log, why.
     fn trigger_op(&self, project: &str, secret: &str) -> Result<Op, (ApiError, String)> {
@@ -300,6 +309,7 @@ impl TriggerHandler {
             project: project.to_string(),
             job_id,
             now,
+            not_before: self.not_before(project, now),
         })
     }
 }

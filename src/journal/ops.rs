@@ -17,6 +17,9 @@ pub enum Op {
         project: String,
         job_id: String,
         now: u64,
+        /// Debounce: when the job may start (absent in log records written before it existed).
+        #[serde(default)]
+        not_before: Option<u64>,
     },
     CreateHook {
         hook: Hook,
@@ -55,6 +58,8 @@ pub enum Op {
         hook_id: String,
         job_id: String,
         now: u64,
+        #[serde(default)]
+        not_before: Option<u64>,
     },
     /// Gives a hook a new secret; the old one is refused from this commit on.
     RotateSecret {

@@ -69,6 +69,10 @@ pub struct Job {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub canceled_by: Option<String>,
+    /// Debounce: the job does not start before this time (`createdAt + debounce_secs`).
+    /// Rows written before debounce existed have none.
+    #[serde(default)]
+    pub not_before: Option<u64>,
 }
 
 /// A stored job: the API record plus what only deployhook needs.

@@ -61,6 +61,7 @@ pub fn trigger_op(secret: &str, job: &str) -> Op {
         project: "site".into(),
         job_id: job.into(),
         now: 5,
+        not_before: None,
     }
 }
 

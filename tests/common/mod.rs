@@ -23,7 +23,7 @@ pub const HOOK_KEYS: [&str; 6] = [
 ];
 
 /// The keys of a job object, in DESIGN.md's order (`/jobs`, `/jobs/{id}`).
-pub const JOB_KEYS: [&str; 12] = [
+pub const JOB_KEYS: [&str; 13] = [
     "id",
     "hookId",
     "project",
@@ -36,6 +36,7 @@ pub const JOB_KEYS: [&str; 12] = [
     "exitCode",
     "error",
     "canceledBy",
+    "notBefore",
 ];
 
 /// A directory removed when dropped.

@@ -112,6 +112,7 @@ mod tests {
                 project: "other".into(),
                 job_id: "J1".into(),
                 now: 1,
+                not_before: None,
             })
             .unwrap();
         assert_eq!(out, Outcome::NotFound);

@@ -138,13 +138,15 @@ impl<'t> Tables<'t> {
                 project,
                 job_id,
                 now,
-            } => self.trigger(secret, project, job_id, *now),
+                not_before,
+            } => self.trigger(secret, project, job_id, (*now, *not_before)),
             Op::TriggerHook {
                 hook_id,
                 job_id,
                 now,
+                not_before,
             } => match self.hook_by_id(hook_id)? {
-                Some(hook) => self.trigger_hook(hook, job_id, *now),
+                Some(hook) => self.trigger_hook(hook, job_id, (*now, *not_before)),
                 None => Ok(Outcome::NotFound),
             },
             Op::RotateSecret { id, secret } => self.rotate_secret(id, secret),
@@ -278,20 +280,21 @@ impl<'t> Tables<'t> {
         secret: &SecretHash,
         project: &str,
         job_id: &str,
-        now: u64,
+        times: (u64, Option<u64>),
     ) -> Result<Outcome, JournalError> {
         match self.hook_by_secret(secret)? {
-            Some(hook) if hook.project == project => self.trigger_hook(hook, job_id, now),
+            Some(hook) if hook.project == project => self.trigger_hook(hook, job_id, times),
             _ => Ok(Outcome::NotFound),
         }
     }
 
-    /// A new PENDING job of `hook`; the hook's open job, if any, is canceled by it.
+    /// A new PENDING job of `hook` (created `now`, not to start before `not_before`); the
+    /// hook's open job, if any, is canceled by it.
     fn trigger_hook(
         &mut self,
         hook: Arc<Hook>,
         job_id: &str,
-        now: u64,
+        (now, not_before): (u64, Option<u64>),
     ) -> Result<Outcome, JournalError> {
         let project = hook.project.as_str();
         let hook_id = hook.id.clone();
@@ -332,6 +335,7 @@ impl<'t> Tables<'t> {
                 exit_code: None,
                 error: None,
                 canceled_by: None,
+                not_before,
             },
         };
         self.account(&row, None)?;
@@ -519,6 +523,7 @@ mod tests {
                 hook_id: "hook_a".into(),
                 job_id: job.into(),
                 now: 5,
+                not_before: None,
             })
             .unwrap()
         };
@@ -558,6 +563,7 @@ mod tests {
             hook_id: "hook_b".into(),
             job_id: "J3".into(),
             now: 7,
+            not_before: None,
         });
         assert_eq!(no_hook.unwrap(), Outcome::NotFound);
     }
