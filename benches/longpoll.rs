@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -20,43 +20,16 @@ fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
-/// One keep-alive client triggering `path` until `until`; returns how many got `201`.
-fn client(addr: SocketAddr, path: String, until: Instant) -> usize {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_nodelay(true).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    let req = format!("POST {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-    let mut created = 0;
-    while Instant::now() < until {
-        writer.write_all(req.as_bytes()).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        created += usize::from(line.contains(" 201 "));
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-    }
-    created
-}
-
 fn triggers_per_sec(addr: SocketAddr, hooks: &[String]) -> f64 {
     let until = Instant::now() + RUN;
     let t0 = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let path = hooks[i % hooks.len()].clone();
-            std::thread::spawn(move || client(addr, path, until))
+            std::thread::spawn(move || {
+                let (_, statuses) = keep_alive_posts(addr, path, until);
+                statuses.iter().filter(|s| **s == 201).count()
+            })
         })
         .collect();
     let created: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();

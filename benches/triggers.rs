@@ -10,8 +10,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const RUN: Duration = Duration::from_secs(4);
@@ -24,46 +23,13 @@ struct Figures {
     statuses: Vec<u16>,
 }
 
-/// One keep-alive client sending `path` until `until`; returns latencies and statuses.
-fn client(addr: SocketAddr, path: String, until: Instant) -> (Vec<Duration>, Vec<u16>) {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_nodelay(true).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    let req = format!("POST {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-    let (mut lat, mut statuses) = (Vec::new(), Vec::new());
-    while Instant::now() < until {
-        let t0 = Instant::now();
-        writer.write_all(req.as_bytes()).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        lat.push(t0.elapsed());
-        statuses.push(status);
-    }
-    (lat, statuses)
-}
-
 fn load(addr: SocketAddr, paths: &[String], clients: usize) -> Figures {
     let until = Instant::now() + RUN;
     let t0 = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|i| {
             let path = paths[i % paths.len()].clone();
-            std::thread::spawn(move || client(addr, path, until))
+            std::thread::spawn(move || keep_alive_posts(addr, path, until))
         })
         .collect();
     let mut lat = Vec::new();

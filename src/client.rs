@@ -237,10 +237,8 @@ pub fn hooks_revoke(config: &Config, id: &str) -> Result<(), ClientError> {
 /// `hooks trigger`: prints the job as the hook URL's `201` body would (JSON with `--json`).
 pub fn hooks_trigger(config: &Config, id: &str, json: bool) -> Result<(), ClientError> {
     let Triggered { job } = admin_of(config, &Request::Trigger { id: id.into() })?;
-    if json {
-        println!("{}", serde_json::json!({ "job": job }));
-    } else {
-        println!("{}", job.id);
+    print_job(json, &job, &job.id);
+    if !json {
         eprintln!("queued job {} of {id}", job.id);
     }
     Ok(())
@@ -260,12 +258,17 @@ pub fn hooks_rotate(config: &Config, id: &str, json: bool) -> Result<(), ClientE
 /// `jobs cancel`: PENDING or BUILDING -> CANCELED.
 pub fn jobs_cancel(config: &Config, job: &str, json: bool) -> Result<(), ClientError> {
     let Canceled { job } = admin_of(config, &Request::Cancel { job: job.into() })?;
+    print_job(json, &job, &format!("canceled {}", job.id));
+    Ok(())
+}
+
+/// A job the daemon answered with: `{"job":…}` with `--json`, else `text`.
+fn print_job(json: bool, job: &impl serde::Serialize, text: &str) {
     if json {
         println!("{}", serde_json::json!({ "job": job }));
     } else {
-        println!("canceled {}", job.id);
+        println!("{text}");
     }
-    Ok(())
 }
 
 /// A hook URL shown once: alone on stdout (the note on stderr), or as JSON.

@@ -17,28 +17,15 @@ fn now_ms() -> u64 {
 }
 
 fn debounced(tag: &str, secs: u64) -> Setup {
-    let dir = TempDir::new(tag);
-    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
-    let config = write_config(
-        dir.path(),
+    let line = format!("debounce_secs = {secs}");
+    setup_project(
+        TempDir::new(tag),
+        "true",
+        &[("a", "1")],
         "",
-        &[ProjectSpec::new("site", &repo.path, "true")],
-    );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[projects.site]\n",
-        &format!("[projects.site]\ndebounce_secs = {secs}\n"),
-    );
-    assert!(text.contains("debounce_secs"), "{text}");
-    std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&config);
-    let (hook, path) = daemon.create_hook("site", "main");
-    Setup {
-        daemon,
-        repo,
-        hook,
-        path,
-        dir,
-    }
+        &line,
+        Daemon::start,
+    )
 }
 
 #[test]

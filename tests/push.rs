@@ -46,9 +46,14 @@ fn headers(host: &str, event: &str) -> Vec<(String, String)> {
 }
 
 fn post(s: &Setup, host: &str, event: &str, body: &[u8]) -> Response {
+    post_to(s, &s.path, host, event, body)
+}
+
+/// A host's event POSTed to `path` (a hook path, or a bogus one).
+fn post_to(s: &Setup, path: &str, host: &str, event: &str, body: &[u8]) -> Response {
     let list = headers(host, event);
     let refs: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    http(s.daemon.public, "POST", &s.path, &refs, body)
+    http(s.daemon.public, "POST", path, &refs, body)
 }
 
 fn jobs(s: &Setup) -> usize {
@@ -160,13 +165,11 @@ fn a_push_to_the_hooks_branch_builds_and_everything_else_is_skipped() {
     );
     // An event on an unknown secret is the same 404 as any trigger.
     let bogus = format!("/v1/integrations/deploy/site/{}", "A".repeat(32));
-    let list = headers("github", "push");
-    let refs: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = http(
-        s.daemon.public,
-        "POST",
+    let r = post_to(
+        &s,
         &bogus,
-        &refs,
+        "github",
+        "push",
         &payload("github_push.json", "main"),
     );
     assert_eq!(r.status, 404);
@@ -206,15 +209,7 @@ fn large_event_bodies_are_read_and_dropped_in_bounded_memory() {
     // Without a live hook's secret, an event gets the plain body limit: no one without a hook
     // URL can make the daemon read or keep more.
     let bogus = format!("/v1/integrations/deploy/site/{}", "A".repeat(32));
-    let list = headers("github", "push");
-    let refs: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = http(
-        s.daemon.public,
-        "POST",
-        &bogus,
-        &refs,
-        &vec![b' '; 100 * 1024],
-    );
+    let r = post_to(&s, &bogus, "github", "push", &vec![b' '; 100 * 1024]);
     assert_eq!(r.status, 413);
     // A line break in a pushed ref cannot forge a log line.
     let forged = br#"{"ref":"refs/heads/x

@@ -140,6 +140,8 @@ pub struct ProjectSpec {
     pub build: String,
     pub timeout_secs: u64,
     pub env: Vec<(String, String)>,
+    /// More `key = value` lines of the project's table.
+    pub extra: String,
 }
 
 impl ProjectSpec {
@@ -150,6 +152,7 @@ impl ProjectSpec {
             build: build.into(),
             timeout_secs: 60,
             env: Vec::new(),
+            extra: String::new(),
         }
     }
 }
@@ -178,6 +181,9 @@ pub fn write_config(dir: &Path, extra: &str, projects: &[ProjectSpec]) -> PathBu
                 .map(|(k, v)| format!("{k} = {}", toml_str(v)))
                 .collect();
             text.push_str(&format!("env = {{ {} }}\n", pairs.join(", ")));
+        }
+        if !p.extra.is_empty() {
+            text.push_str(&format!("{}\n", p.extra));
         }
     }
     let path = dir.join("deployhook.toml");
@@ -701,12 +707,22 @@ pub fn setup_in(
     extra: &str,
     start: fn(&Path) -> Daemon,
 ) -> Setup {
+    setup_project(dir, build, files, extra, "", start)
+}
+
+/// [`setup_in`] with more lines in the project's table (`project_extra`).
+pub fn setup_project(
+    dir: TempDir,
+    build: &str,
+    files: &[(&str, &str)],
+    extra: &str,
+    project_extra: &str,
+    start: fn(&Path) -> Daemon,
+) -> Setup {
     let repo = Repo::new(dir.path(), "repo", files);
-    let config = write_config(
-        dir.path(),
-        extra,
-        &[ProjectSpec::new("site", &repo.path, build)],
-    );
+    let mut spec = ProjectSpec::new("site", &repo.path, build);
+    spec.extra = project_extra.to_string();
+    let config = write_config(dir.path(), extra, &[spec]);
     let daemon = start(&config);
     let (hook, path) = daemon.create_hook("site", "main");
     Setup {
@@ -746,7 +762,6 @@ pub fn start_projects(
 
 /// Raises this process's open-file limit to its hard limit (floods and benchmarks hold more
 /// than the usual 1024 sockets).
-#[allow(dead_code)]
 pub fn raise_nofile() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -762,11 +777,47 @@ pub fn raise_nofile() {
 }
 
 /// One value of the daemon's `/metrics` (a series without labels).
-#[allow(dead_code)]
 pub fn metric(d: &Daemon, name: &str) -> f64 {
     let text = http(d.status, "GET", "/metrics", &[], b"").text();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// One keep-alive client POSTing `path` until `until`; returns latencies and statuses.
+pub fn keep_alive_posts(
+    addr: SocketAddr,
+    path: String,
+    until: Instant,
+) -> (Vec<Duration>, Vec<u16>) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let req = format!("POST {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let (mut lat, mut statuses) = (Vec::new(), Vec::new());
+    while Instant::now() < until {
+        let t0 = Instant::now();
+        writer.write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        lat.push(t0.elapsed());
+        statuses.push(status);
+    }
+    (lat, statuses)
 }
