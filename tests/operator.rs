@@ -20,16 +20,7 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn create_checks_the_branch_unless_told_not_to() {
     let s = setup("overify", "true", &[("a", "1")], "");
-    let out = s.daemon.cli(&[
-        "hooks",
-        "create",
-        "--project",
-        "site",
-        "--name",
-        "n",
-        "--branch",
-        "nope",
-    ]);
+    let out = s.daemon.hooks_create("site", "n", "nope", false);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("has no branch `nope`"),
@@ -37,19 +28,17 @@ fn create_checks_the_branch_unless_told_not_to() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("--no-verify"), "{}", stderr(&out));
-    let out = s.daemon.cli(&[
-        "hooks",
-        "create",
-        "--project",
-        "site",
-        "--name",
-        "n",
-        "--branch",
-        "nope",
-        "--no-verify",
-    ]);
+    let (_, path) = s.daemon.create_hook_unverified("site", "nope");
+    assert!(path.starts_with("/v1/integrations/deploy/site/"));
+    let out = s.daemon.cli(&["hooks", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).starts_with("http://"));
+    // The refused create made nothing; the unverified one made one hook, named "site nope".
+    assert_eq!(
+        stdout(&out).matches("site nope").count(),
+        1,
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
