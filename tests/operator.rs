@@ -39,6 +39,7 @@ fn create_checks_the_branch_unless_told_not_to() {
         "{}",
         stdout(&out)
     );
+    assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
 }
 
 #[test]
