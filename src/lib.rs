@@ -25,6 +25,7 @@ mod job;
 mod journal;
 mod logging;
 mod metrics;
+mod notifier;
 mod notify;
 mod redact;
 mod scheduler;

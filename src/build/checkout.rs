@@ -64,6 +64,7 @@ impl Steps<'_> {
             .current_dir(cwd);
         run_step(
             cmd,
+            Stdio::null(),
             self.log,
             self.control,
             self.job_id,

@@ -13,23 +13,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// The job's log file: deployhook's own lines always, build output up to the cap; every line
 /// masked on its way in ([`redact::Masker`]).
-pub(super) struct Log {
+pub(crate) struct Log {
     file: Option<File>,
     written: u64,
     cap: u64,
     truncated: bool,
-    pub(super) masker: redact::Masker,
+    pub(crate) masker: redact::Masker,
     /// The last lines of the running command's output, for its error message.
     pub(super) recent: RecentLines,
 }
 
 /// The log as the build thread and its pump threads share it.
-pub(super) type SharedLog = Arc<Mutex<Log>>;
+pub(crate) type SharedLog = Arc<Mutex<Log>>;
 
 impl Log {
     /// Opens the log; `append` for a restarted attempt, which keeps what the earlier one wrote.
     /// A log that cannot be opened is warned about once and then drops everything.
-    pub(super) fn open(path: &Path, cap: u64, append: bool) -> Log {
+    pub(crate) fn open(path: &Path, cap: u64, append: bool) -> Log {
         let file = OpenOptions::new()
             .create(true)
             .append(append)
@@ -108,7 +108,7 @@ impl Log {
 }
 
 /// `text` with the job's secrets masked, as its log shows them.
-pub(super) fn mask(log: &SharedLog, text: &str) -> String {
+pub(crate) fn mask(log: &SharedLog, text: &str) -> String {
     log.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .masker
@@ -117,7 +117,7 @@ pub(super) fn mask(log: &SharedLog, text: &str) -> String {
 }
 
 /// Writes one of deployhook's own lines to a shared log.
-pub(super) fn say(log: &SharedLog, text: &str) {
+pub(crate) fn say(log: &SharedLog, text: &str) {
     log.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .line(text);

@@ -6,6 +6,8 @@
 //! - `process.rs`: child processes and their groups (run, stop, kill escaped ones, reap orphans);
 //! - `job_log.rs`: the job's log file and its size cap.
 //!
+//! The notifier runs `notify` commands with the same steps, environment and log.
+//!
 //! Build threads hear of jobs from the scheduler ([`Assignment`](crate::scheduler::Assignment))
 //! and tell it when they are done; a build is stopped through its [`Control`](crate::job::Control).
 
@@ -14,5 +16,8 @@ mod job_log;
 mod process;
 mod worker;
 
+pub(crate) use job_log::{mask, say, Log, SharedLog};
 pub use process::reap_orphans;
+pub(crate) use process::{describe, run_step, Step};
+pub(crate) use worker::base_env;
 pub use worker::{worker, Context};

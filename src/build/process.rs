@@ -25,14 +25,14 @@ const POLL: Duration = Duration::from_millis(5);
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
 /// How one step (clone or build) ended.
-pub(super) enum Step {
+pub(crate) enum Step {
     Exited(ExitStatus),
     Stopped(StopReason),
     SpawnFailed(io::Error),
 }
 
 /// An exit status in words, for the job log and the job's `error`.
-pub(super) fn describe(status: ExitStatus) -> String {
+pub(crate) fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(sig)) => format!("was killed by signal {sig}"),
@@ -40,10 +40,11 @@ pub(super) fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Runs one command in its own process group, output into the log, until it exits, its
-/// deadline passes or a stop is requested.
-pub(super) fn run_step(
+/// Runs one command in its own process group, `input` as its stdin and its output into the log,
+/// until it exits, its deadline passes or a stop is requested.
+pub(crate) fn run_step(
     mut cmd: Command,
+    input: Stdio,
     log: &SharedLog,
     control: &Control,
     job_id: &str,
@@ -58,7 +59,7 @@ pub(super) fn run_step(
         Ok(w) => w,
         Err(e) => return Step::SpawnFailed(e),
     };
-    cmd.stdin(Stdio::null())
+    cmd.stdin(input)
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);

@@ -19,7 +19,7 @@ use crate::scheduler::{Assignment, Event};
 use crate::supervise::{self, At};
 use crossbeam_channel::{Receiver, Sender};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -296,7 +296,7 @@ fn build_in(
         .env("DEPLOYHOOK_BRANCH", &job.branch)
         .env("DEPLOYHOOK_COMMIT", &commit)
         .current_dir(dir);
-    let step = run_step(build, log, control, &job.id, deadline, grace);
+    let step = run_step(build, Stdio::null(), log, control, &job.id, deadline, grace);
     match step {
         Step::Exited(status) => {
             say(log, &format!("build {}", describe(status)));
@@ -331,7 +331,7 @@ fn stopped(reason: StopReason, project: &Project) -> Option<Verdict> {
 }
 
 /// PATH, HOME and LANG, taken from the daemon's environment with safe fallbacks.
-fn base_env(config: &Config) -> Vec<(String, String)> {
+pub(crate) fn base_env(config: &Config) -> Vec<(String, String)> {
     let get = |k: &str, fallback: &str| std::env::var(k).unwrap_or_else(|_| fallback.to_string());
     vec![
         ("PATH".into(), get("PATH", DEFAULT_PATH)),

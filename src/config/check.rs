@@ -288,6 +288,7 @@ impl Checker<'_> {
         }
         let file = |k: &str, value| self.secret_file(base, &key(k), value);
         let env_file = file("env_file", raw.env_file)?;
+        let (notify, notify_on) = self.notification(&table, raw.notify, raw.notify_on)?;
         Ok(Project {
             repo: resolve_repo(base, &repo),
             name,
@@ -299,7 +300,60 @@ impl Checker<'_> {
             known_hosts: file("known_hosts", raw.known_hosts)?,
             git_credentials: file("git_credentials", raw.git_credentials)?,
             env_file,
+            notify,
+            notify_on,
         })
+    }
+
+    /// `notify` and `notify_on` of the project table `table`: the command, and the end states
+    /// it runs for (`["ERROR"]` unless given). A `notify_on` without `notify` would do nothing,
+    /// so it is refused.
+    fn notification(
+        &self,
+        table: &str,
+        command: Option<Spanned<String>>,
+        states: Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<(Option<String>, NotifyOn), ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
+        let choices = NotifyOn::NAMES.join(", ");
+        let command = match command {
+            Some(c) if c.get_ref().trim().is_empty() => {
+                return Err(self.error(&key("notify"), c.span().start, "must not be empty"))
+            }
+            Some(c) => c.into_inner(),
+            None => match states {
+                Some(s) => {
+                    return Err(self.error(
+                        &key("notify_on"),
+                        s.span().start,
+                        "needs `notify`, the command to run (for example                          notify = \"curl -fsS -d @- https://ntfy.sh/my-topic\")",
+                    ))
+                }
+                None => return Ok((None, NotifyOn::default())),
+            },
+        };
+        let mut on = NotifyOn::default();
+        match states {
+            None => {
+                on.add("ERROR");
+            }
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    let message = format!("must list at least one of {choices}");
+                    return Err(self.error(&key("notify_on"), list.span().start, message));
+                }
+                for state in list.into_inner() {
+                    if !on.add(state.get_ref()) {
+                        let message = format!(
+                            "`{}` is not a state to notify on; use any of {choices}",
+                            state.get_ref()
+                        );
+                        return Err(self.error(&key("notify_on"), state.span().start, message));
+                    }
+                }
+            }
+        }
+        Ok((Some(command), on))
     }
 
     /// A key, credential or env file: resolved against the config folder, and refused unless

@@ -13,6 +13,7 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
+use crate::journal::NotifyOn;
 use check::Checker;
 use raw::RawConfig;
 use serde::Deserialize;
@@ -81,6 +82,10 @@ pub struct Project {
     pub git_credentials: Option<PathBuf>,
     /// `KEY=VALUE` secrets for the build, masked in its log (`env_file`).
     pub env_file: Option<PathBuf>,
+    /// Run by `sh -c` when a job ends in a state of `notify_on` (`notify`).
+    pub notify: Option<String>,
+    /// The end states that notify (`["ERROR"]` unless given).
+    pub notify_on: NotifyOn,
 }
 
 impl Project {
@@ -118,6 +123,16 @@ impl Project {
 }
 
 impl Config {
+    /// Each project with a `notify` command and the end states it is run for, as the journal
+    /// keeps them.
+    pub fn notify_policy(&self) -> Vec<(String, NotifyOn)> {
+        self.projects
+            .values()
+            .filter(|p| p.notify.is_some())
+            .map(|p| (p.name.clone(), p.notify_on))
+            .collect()
+    }
+
     pub fn journal_path(&self) -> PathBuf {
         self.state_dir.join(crate::journal::FILE_NAME)
     }

@@ -40,6 +40,8 @@ pub(super) struct RawProject {
     pub(super) known_hosts: Option<Spanned<String>>,
     pub(super) git_credentials: Option<Spanned<String>>,
     pub(super) env_file: Option<Spanned<String>>,
+    pub(super) notify: Option<Spanned<String>>,
+    pub(super) notify_on: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A whole number (0 or more) in the file. Its own deserializer so that a wrong value is

@@ -325,3 +325,45 @@ fn the_shipped_example_is_valid() {
     let c = parse_str(EXAMPLE).unwrap();
     assert!(!c.projects.is_empty());
 }
+
+#[test]
+fn notify_runs_on_error_unless_told_and_its_states_are_checked() {
+    let c = parse_str(&format!("{MINIMAL}notify = \"mail-me\"\n")).unwrap();
+    let p = &c.projects["site"];
+    assert_eq!(p.notify.as_deref(), Some("mail-me"));
+    assert!(p.notify_on.error && !p.notify_on.ready && !p.notify_on.recovered);
+    assert_eq!(c.notify_policy(), [("site".to_string(), p.notify_on)]);
+
+    let c = parse_str(&format!(
+        "{MINIMAL}notify = \"x\"\nnotify_on = [\"READY\", \"RECOVERED\"]\n"
+    ))
+    .unwrap();
+    let on = c.projects["site"].notify_on;
+    assert!(on.ready && on.recovered && !on.error && !on.canceled);
+    assert!(parse_str(MINIMAL).unwrap().notify_policy().is_empty());
+
+    let err = parse_str(&format!(
+        "{MINIMAL}notify = \"x\"\nnotify_on = [\"ERROR\", \"FAILED\"]\n"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        (err.line, err.key.as_deref()),
+        (Some(5), Some("projects.site.notify_on"))
+    );
+    assert!(err.message.contains("`FAILED`"), "{err}");
+    assert!(
+        err.message.contains("READY, ERROR, CANCELED, RECOVERED"),
+        "{err}"
+    );
+
+    let err = parse_str(&format!("{MINIMAL}notify_on = [\"ERROR\"]\n")).unwrap_err();
+    assert_eq!(
+        (err.line, err.key.as_deref()),
+        (Some(4), Some("projects.site.notify_on"))
+    );
+    assert!(err.message.contains("needs `notify`"), "{err}");
+    let err = parse_str(&format!("{MINIMAL}notify = \" \"\n")).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("projects.site.notify"));
+    let err = parse_str(&format!("{MINIMAL}notify = \"x\"\nnotify_on = []\n")).unwrap_err();
+    assert!(err.message.contains("at least one"), "{err}");
+}

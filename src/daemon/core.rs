@@ -1,5 +1,5 @@
 //! The daemon's core: the journal and its writer, recovery, the scheduler, the build pool, the
-//! pruner and the janitor; started before the front (so open jobs reach the scheduler before
+//! pruner, the notifier and the janitor; started before the front (so open jobs reach the scheduler before
 //! the first trigger can) and stopped after it.
 
 use super::error::DaemonError;
@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::http::waiters::Waiters;
 use crate::journal::{Journal, Op, Outcome, Writer};
 use crate::metrics::Metrics;
+use crate::notifier::{self, Notifier};
 use crate::scheduler::{self, Event};
 use crate::supervise::{self, spawn_core, At};
 use crate::{janitor, sys};
@@ -31,6 +32,8 @@ pub(super) struct Core {
     pub(super) events: Sender<Event>,
     /// Callers holding a long poll on a hook URL; the commit callback answers them.
     pub(super) waiters: Arc<Waiters>,
+    /// Stops the notifier (a running `notify` command runs again after the restart).
+    notifier: Arc<notifier::Stop>,
     /// Never sent on: it reports Disconnected once the last build thread has ended.
     builds_gone: Receiver<()>,
     /// Open jobs found at start.
@@ -53,16 +56,20 @@ impl Core {
             metrics.clone(),
             crate::http::trigger::job_reply,
         ));
+        let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
+        let stop_notifier = Arc::new(notifier::Stop::default());
+        let (notifier, wake) =
+            Notifier::new(journal.clone(), shared.clone(), stop_notifier.clone());
         let commit = after_commit(
             events.clone(),
             to_janitor.clone(),
             config.logs_dir(),
             metrics.clone(),
-            waiters.clone(),
+            (waiters.clone(), wake),
         );
         start_writer(writer, commit, metrics.clone())?;
+        set_notify_policy(&journal, config);
         let recovered = recover(&journal, &events)?;
-        let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
         let ctx = Context {
             journal: journal.clone(),
             config: shared.clone(),
@@ -74,12 +81,14 @@ impl Core {
         let (j, s, m) = (journal.clone(), shared.clone(), metrics.clone());
         spawn_core("pruner", move || prune_forever(&j, &s, &m))
             .map_err(DaemonError::thread("pruner"))?;
+        spawn_core("notifier", move || notifier.run()).map_err(DaemonError::thread("notifier"))?;
         Ok(Core {
             journal,
             config: shared,
             metrics,
             events,
             waiters,
+            notifier: stop_notifier,
             builds_gone,
             recovered,
         })
@@ -90,6 +99,7 @@ impl Core {
     /// so that a copy of the stopped daemon's journal.redb is the whole journal.
     pub(super) fn stop(self) {
         let _ = self.events.send(Event::Shutdown);
+        self.notifier.stop();
         let grace = self
             .config
             .read()
@@ -135,6 +145,21 @@ fn start_writer(
     })
     .map_err(DaemonError::thread("journal-writer"))?;
     Ok(())
+}
+
+/// Tells the journal which end states of which projects notify, from `config` (at start and
+/// after a reload); jobs that end afterwards follow it. A journal that cannot take the write
+/// (disk full) keeps the policy it had, which is said in the log.
+pub(super) fn set_notify_policy(journal: &Journal, config: &Config) {
+    let op = Op::SetNotifyPolicy {
+        projects: config.notify_policy(),
+    };
+    if let Err(e) = journal.submit(op) {
+        log::error!(
+            "notify settings not applied ({e}); jobs notify as the previous configuration said \
+             until the next reload (SIGHUP) or restart"
+        );
+    }
 }
 
 /// Hands the open jobs to the scheduler (not running yet: they wait in its channel) after
@@ -246,11 +271,12 @@ fn after_commit(
     janitor: Sender<PathBuf>,
     logs: PathBuf,
     metrics: Arc<Metrics>,
-    waiters: Arc<Waiters>,
+    (waiters, notifier): (Arc<Waiters>, notifier::Wake),
 ) -> impl FnMut(&Outcome) {
     move |outcome| {
         supervise::fault_point(At::Event);
         metrics.after_commit(outcome);
+        notifier.after_commit(outcome);
         if let Some(event) = Event::after_commit(outcome) {
             let _ = events.send(event);
         }

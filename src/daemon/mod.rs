@@ -45,7 +45,7 @@ use signal_hook::iterator::Signals;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Extra time, past the shutdown's own bound, before a daemon that lost a core thread is
@@ -134,7 +134,7 @@ pub fn run(mut config: Config, claim: Claim) -> Result<(), DaemonError> {
             .map_err(DaemonError::thread("watchdog"))?;
     }
 
-    wait_for_stop(&mut signals, &config.path, &core.config);
+    wait_for_stop(&mut signals, &config.path, &core);
 
     supervise::stopping();
     notify::stopping();
@@ -217,30 +217,33 @@ fn adopt_bound_addresses(config: &mut Config, public: &TcpListener, status: &Tcp
 }
 
 /// Handles signals until one asks the daemon to stop, or a core thread's death closes them.
-fn wait_for_stop(signals: &mut Signals, path: &Path, shared: &RwLock<Arc<Config>>) {
+fn wait_for_stop(signals: &mut Signals, path: &Path, core: &Core) {
     for signal in signals.forever() {
         match signal {
-            SIGHUP => reload(path, shared),
+            SIGHUP => reload(path, core),
             _ => return,
         }
     }
 }
 
 /// Re-reads the config (see [`Config::reloaded`]). An invalid file changes nothing.
-fn reload(path: &Path, shared: &RwLock<Arc<Config>>) {
+fn reload(path: &Path, core: &Core) {
     notify::reloading();
     match config::load(path) {
         Ok(new) => {
             log_warnings(&new);
-            let mut guard = shared.write().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = core.config.write().unwrap_or_else(PoisonError::into_inner);
             for key in guard.restart_needed(&new) {
                 log::warn!("config reload: `{key}` changed; it takes effect after a restart");
             }
             *guard = Arc::new(Config::reloaded(&guard, new));
+            let running = guard.clone();
+            drop(guard);
+            core::set_notify_policy(&core.journal, &running);
             log::info!(
                 "config reloaded from {}: {} projects",
                 path.display(),
-                guard.projects.len()
+                running.projects.len()
             );
         }
         Err(e) => log::error!("config reload refused, keeping the running configuration: {e}"),

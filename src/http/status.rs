@@ -74,6 +74,12 @@ impl StatusHandler {
             ["metrics"] => {
                 let mut text = self.metrics.render(self.journal.file_bytes());
                 text.push_str(&projects::metrics(&self.summaries()?));
+                let pending = self.journal.notifications_pending()?;
+                let name = "deployhook_notifications_pending";
+                text.push_str(&format!(
+                    "# HELP {name} Notifications not yet sent: due, or waiting to be tried again.\n\
+                     # TYPE {name} gauge\n{name} {pending}\n"
+                ));
                 Ok(Reply::bytes(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -34,9 +34,9 @@ mod writer;
 
 pub use apply::MAX_PRUNE_PER_OP;
 pub use error::{JournalError, ReadError};
-pub use ops::{Op, Outcome};
+pub use ops::{Attempt, Op, Outcome};
 pub use reads::JobFilter;
-pub use records::{Hook, Job, JobRow, JobState};
+pub use records::{Hook, Job, JobRow, JobState, NotifyOn};
 #[doc(hidden)]
 pub use wal::fuzz_decode;
 pub use wal::LogFile;

@@ -2,7 +2,7 @@
 //! committed ([`Outcome`]), and the figures it reports after each commit ([`CommitStats`]).
 //! The rules each op follows are in [`super::apply`].
 
-use super::records::{Hook, JobRow, JobState};
+use super::records::{Hook, JobRow, JobState, NotifyOn};
 use crate::secret::SecretHash;
 use serde::{Deserialize, Serialize};
 
@@ -71,11 +71,33 @@ pub enum Op {
         job_id: String,
         now: u64,
     },
+    /// Replaces every project's notification policy (at start and after a reload): jobs that
+    /// end from this commit on notify by it.
+    SetNotifyPolicy {
+        projects: Vec<(String, NotifyOn)>,
+    },
+    /// The outcome of one run of a job's `notify` command.
+    Notified {
+        job_id: String,
+        attempt: Attempt,
+    },
     /// Changes nothing: proves the writer thread still answers (watchdog).
     Probe,
     /// Commits its batch to redb durably, so that the database file alone holds everything
     /// (at shutdown: a backup of the stopped daemon's `journal.redb` is then complete).
     Checkpoint,
+}
+
+/// How one run of a `notify` command went, and what comes next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Attempt {
+    /// It exited 0: the notification is sent.
+    Sent,
+    /// It failed; it runs again at `retry_at` (Unix ms), or never (`None`: given up).
+    Failed {
+        error: String,
+        retry_at: Option<u64>,
+    },
 }
 
 /// What an op did, once committed.
@@ -101,6 +123,10 @@ pub enum Outcome {
     CommitSet,
     Finished(JobRow),
     Requeued,
+    NotifyPolicySet,
+    /// A notification attempt was recorded; the job as it now stands (`None`: the job was
+    /// gone, and its stray outbox row was removed).
+    Notified(Option<JobRow>),
     Pruned(Vec<String>),
     Checkpointed,
     /// The hook, job or secret does not exist (or does not match).

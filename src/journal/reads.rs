@@ -1,15 +1,15 @@
-//! Read queries: a job, the hooks, the open jobs, counts per state, and filtered listings
-//! ([`JobFilter`]). Each runs in its own read transaction, so readers never block the writer
+//! Read queries: a job, the hooks, the open jobs, counts per state, the notification outbox,
+//! and filtered listings ([`JobFilter`]). Each runs in its own read transaction, so readers never block the writer
 //! and always see whole batches; a failure is a [`ReadError`] naming the query.
 
 use super::error::{JournalError, ReadError};
 use super::records::{Hook, JobRow, JobState};
 use super::schema::{
     decode_hook, decode_job, COUNTERS, HOOKS, JOBS, JOBS_BY_HOOK, JOBS_BY_PROJECT, JOBS_BY_SEQ,
-    OPEN_BY_HOOK,
+    OPEN_BY_HOOK, OUTBOX,
 };
 use super::{current, Journal};
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 /// Most index entries one listing scans when a filter skips rows.
 const MAX_LIST_SCAN: usize = 20_000;
@@ -110,6 +110,28 @@ impl Journal {
                 .into_iter()
                 .map(|s| Ok((s, counters.get(s.counter_key())?.map_or(0, |v| v.value()))))
                 .collect()
+        })
+    }
+
+    /// The notifications not yet sent or given up: job id and when each is next due (Unix ms),
+    /// soonest first.
+    pub fn outbox(&self) -> Result<Vec<(String, u64)>, ReadError> {
+        self.query("the notification outbox", |txn| {
+            let outbox = txn.open_table(OUTBOX)?;
+            let mut out = Vec::new();
+            for entry in outbox.iter()? {
+                let (id, due) = entry?;
+                out.push((id.value().to_string(), due.value()));
+            }
+            out.sort_by_key(|(id, due)| (*due, id.clone()));
+            Ok(out)
+        })
+    }
+
+    /// How many notifications are waiting to be sent.
+    pub fn notifications_pending(&self) -> Result<u64, ReadError> {
+        self.query("the notification outbox", |txn| {
+            Ok(txn.open_table(OUTBOX)?.len()?)
         })
     }
 

@@ -73,6 +73,72 @@ pub struct Job {
     /// Rows written before debounce existed have none.
     #[serde(default)]
     pub not_before: Option<u64>,
+    /// The project's `notify` command for this job's end, when its state was listed in
+    /// `notify_on` (rows written before notifications existed have none).
+    #[serde(default)]
+    pub notification: Option<Notification>,
+}
+
+/// Where a job's notification stands, as the job JSON shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub state: NotificationState,
+    /// Runs of the command so far.
+    pub attempts: u32,
+    /// Why the last run failed (its exit status, a timeout), `None` once one succeeded.
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationState {
+    /// Due, or waiting for its next attempt (it is in the outbox).
+    Pending,
+    /// The command exited 0.
+    Sent,
+    /// Every attempt for a day failed, or the project no longer has a `notify` command.
+    Failed,
+}
+
+/// Which end states of a project's jobs notify (its `notify_on`). The journal keeps each
+/// project's, so the commit that ends a job decides, and a replay decides the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyOn {
+    pub ready: bool,
+    pub error: bool,
+    pub canceled: bool,
+    /// READY after an ERROR of the same hook (canceled jobs in between do not count).
+    pub recovered: bool,
+}
+
+impl NotifyOn {
+    /// The names `notify_on` accepts.
+    pub const NAMES: [&'static str; 4] = ["READY", "ERROR", "CANCELED", "RECOVERED"];
+
+    /// Adds the state named `name`; `false` if it is not one of [`NotifyOn::NAMES`].
+    pub fn add(&mut self, name: &str) -> bool {
+        let flag = match name {
+            "READY" => &mut self.ready,
+            "ERROR" => &mut self.error,
+            "CANCELED" => &mut self.canceled,
+            "RECOVERED" => &mut self.recovered,
+            _ => return false,
+        };
+        *flag = true;
+        true
+    }
+
+    /// Whether a job ending in `state` notifies; `after_error` says whether the hook's
+    /// previous build ended in ERROR.
+    pub(super) fn wants(self, state: JobState, after_error: bool) -> bool {
+        match state {
+            JobState::Ready => self.ready || (self.recovered && after_error),
+            JobState::Error => self.error,
+            JobState::Canceled => self.canceled,
+            JobState::Pending | JobState::Building => false,
+        }
+    }
 }
 
 /// A stored job: the API record plus what only deployhook needs.

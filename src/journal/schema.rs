@@ -34,6 +34,14 @@ pub(super) const OPEN_BY_HOOK: TableDefinition<&str, &str> = TableDefinition::ne
 /// Per-hook number of stored jobs, for retention.
 pub(super) const HOOK_JOB_COUNTS: TableDefinition<&str, u64> =
     TableDefinition::new("hook_job_counts");
+/// Each project's [`NotifyOn`](super::records::NotifyOn) (JSON), as last set from the config;
+/// a project without a `notify` command has no row.
+pub(super) const NOTIFY_POLICY: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("notify_policy");
+/// The outbox: job id -> when its notification is next due (Unix ms). A row is added in the
+/// commit that ends the job and removed in the one that records the notification sent or
+/// given up.
+pub(super) const OUTBOX: TableDefinition<&str, u64> = TableDefinition::new("outbox");
 /// `seq` (last sequence number), `state.<STATE>` (jobs per state) and `wal_seq` (the last
 /// batch the database holds, see [`super::wal`]).
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -87,6 +95,8 @@ pub(super) fn create_tables(db: &Database) -> Result<(), JournalError> {
         txn.open_table(OPEN_BY_HOOK)?;
         txn.open_table(HOOK_JOB_COUNTS)?;
         txn.open_table(COUNTERS)?;
+        txn.open_table(NOTIFY_POLICY)?;
+        txn.open_table(OUTBOX)?;
     }
     txn.commit()?;
     Ok(())

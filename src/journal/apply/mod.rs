@@ -11,13 +11,15 @@
 //! - An op sees the changes of the ops before it in its batch.
 
 mod hooks;
+mod notifications;
 
 use super::error::JournalError;
 use super::ops::{Op, Outcome};
-use super::records::{Hook, Job, JobRow, JobState};
+use super::records::{Hook, Job, JobRow, JobState, NotificationState, NotifyOn};
 use super::schema::{
     decode_job, encode, COUNTERS, HOOKS, HOOK_JOB_COUNTS, HOOK_SECRETS, JOBS, JOBS_BY_HOOK,
-    JOBS_BY_PROJECT, JOBS_BY_SEQ, OPEN_BY_HOOK, REVOKED_SECRETS, SEQ, WAL_SEQ,
+    JOBS_BY_PROJECT, JOBS_BY_SEQ, NOTIFY_POLICY, OPEN_BY_HOOK, OUTBOX, REVOKED_SECRETS, SEQ,
+    WAL_SEQ,
 };
 use crate::secret::SecretHash;
 use redb::{ReadableTable, Table, WriteTransaction};
@@ -58,6 +60,11 @@ struct Tables<'t> {
     open: Table<'t, &'static str, &'static str>,
     hook_counts: Table<'t, &'static str, u64>,
     counters: Table<'t, &'static str, u64>,
+    /// Each project's notification policy, and the notifications due.
+    notify_policy: Table<'t, &'static str, &'static [u8]>,
+    outbox: Table<'t, &'static str, u64>,
+    /// Policies read in this batch, by project.
+    policy_cache: HashMap<String, NotifyOn>,
     /// Job rows and counters changed by this batch, written once by [`Tables::flush`] instead
     /// of a read and a write per op.
     unflushed: BatchChanges,
@@ -91,6 +98,9 @@ impl<'t> Tables<'t> {
             open: txn.open_table(OPEN_BY_HOOK)?,
             hook_counts: txn.open_table(HOOK_JOB_COUNTS)?,
             counters: txn.open_table(COUNTERS)?,
+            notify_policy: txn.open_table(NOTIFY_POLICY)?,
+            outbox: txn.open_table(OUTBOX)?,
+            policy_cache: HashMap::new(),
             unflushed: BatchChanges::default(),
             hook_cache: HashMap::new(),
         })
@@ -159,10 +169,7 @@ impl<'t> Tables<'t> {
                 row.job.canceled_by = None;
                 row.job.error = Some("canceled by operator".into());
                 row.job.finished_at = Some(*now);
-                Some(Outcome::Canceled {
-                    row: row.clone(),
-                    from,
-                })
+                Some(move |row| Outcome::Canceled { row, from })
             }),
             Op::CreateHook { hook, secret } => self.create_hook(hook, secret),
             Op::RevokeHook { id } => self.revoke_hook(id),
@@ -174,14 +181,14 @@ impl<'t> Tables<'t> {
                 row.job.started_at = Some(*now);
                 row.job.commit = None;
                 row.attempts += 1;
-                Some(Outcome::Started(row.clone()))
+                Some(Outcome::Started)
             }),
             Op::SetCommit { job_id, commit } => self.update_job(job_id, |row| {
                 if row.job.state != JobState::Building {
                     return None;
                 }
                 row.job.commit = Some(commit.clone());
-                Some(Outcome::CommitSet)
+                Some(|_| Outcome::CommitSet)
             }),
             Op::Finish {
                 job_id,
@@ -197,7 +204,7 @@ impl<'t> Tables<'t> {
                 row.job.exit_code = *exit_code;
                 row.job.error = error.clone();
                 row.job.finished_at = Some(*now);
-                Some(Outcome::Finished(row.clone()))
+                Some(Outcome::Finished)
             }),
             Op::Requeue { job_id } => self.update_job(job_id, |row| {
                 if row.job.state != JobState::Building {
@@ -206,9 +213,11 @@ impl<'t> Tables<'t> {
                 row.job.state = JobState::Pending;
                 row.job.started_at = None;
                 row.job.commit = None;
-                Some(Outcome::Requeued)
+                Some(|_| Outcome::Requeued)
             }),
             Op::Prune { keep } => self.prune(*keep),
+            Op::SetNotifyPolicy { projects } => self.set_notify_policy(projects),
+            Op::Notified { job_id, attempt } => self.notified(job_id, attempt),
             Op::Probe => Ok(Outcome::NotApplicable),
             Op::Checkpoint => Ok(Outcome::Checkpointed),
         }
@@ -235,8 +244,9 @@ impl<'t> Tables<'t> {
         *self.unflushed.states.entry(key).or_default() += delta;
     }
 
-    /// Records a state change in the per-state counters and the open-job index.
-    fn account(&mut self, row: &JobRow, from: Option<JobState>) -> Result<(), JournalError> {
+    /// Records a state change in the per-state counters and the open-job index; a job that
+    /// ends gets its notification, if its project's policy lists the state.
+    fn account(&mut self, row: &mut JobRow, from: Option<JobState>) -> Result<(), JournalError> {
         let to = row.job.state;
         if from == Some(to) {
             return Ok(());
@@ -253,15 +263,17 @@ impl<'t> Tables<'t> {
             if is_open_one {
                 self.open.remove(row.job.hook_id.as_str())?;
             }
+            self.queue_notification(row)?;
         }
         Ok(())
     }
 
-    /// Applies `change` to a stored job; `None` from it means "not applicable".
-    fn update_job(
+    /// Applies `change` to a stored job; `None` from it means "not applicable", else it gives
+    /// what makes the outcome from the row as stored (notification included).
+    fn update_job<O: FnOnce(JobRow) -> Outcome>(
         &mut self,
         id: &str,
-        change: impl FnOnce(&mut JobRow) -> Option<Outcome>,
+        change: impl FnOnce(&mut JobRow) -> Option<O>,
     ) -> Result<Outcome, JournalError> {
         let Some(mut row) = self.get_job(id)? else {
             return Ok(Outcome::NotFound);
@@ -270,9 +282,9 @@ impl<'t> Tables<'t> {
         let Some(outcome) = change(&mut row) else {
             return Ok(Outcome::NotApplicable);
         };
-        self.account(&row, Some(from))?;
-        self.put_job(row);
-        Ok(outcome)
+        self.account(&mut row, Some(from))?;
+        self.put_job(row.clone());
+        Ok(outcome(row))
     }
 
     fn trigger(
@@ -311,14 +323,14 @@ impl<'t> Tables<'t> {
                     prev.job.state = JobState::Canceled;
                     prev.job.canceled_by = Some(job_id.to_string());
                     prev.job.finished_at = Some(now);
-                    self.account(&prev, Some(from))?;
+                    self.account(&mut prev, Some(from))?;
                     self.put_job(prev);
                     superseded = Some((prev_id, from));
                 }
             }
         }
         let seq = self.next_seq()?;
-        let row = JobRow {
+        let mut row = JobRow {
             seq,
             hook_name: hook.name.clone(),
             attempts: 0,
@@ -336,9 +348,10 @@ impl<'t> Tables<'t> {
                 error: None,
                 canceled_by: None,
                 not_before,
+                notification: None,
             },
         };
-        self.account(&row, None)?;
+        self.account(&mut row, None)?;
         self.put_job(row.clone());
         self.by_seq.insert(seq, job_id)?;
         self.by_hook.insert((hook_id.as_str(), seq), job_id)?;
@@ -377,7 +390,13 @@ impl<'t> Tables<'t> {
                 let Some(row) = self.get_job(&id)? else {
                     continue;
                 };
-                if !row.job.state.is_terminal() {
+                // A job whose notification is still due stays until it is sent or given up.
+                let notifying = row
+                    .job
+                    .notification
+                    .as_ref()
+                    .is_some_and(|n| n.state == NotificationState::Pending);
+                if !row.job.state.is_terminal() || notifying {
                     continue;
                 }
                 self.jobs.remove(id.as_str())?;

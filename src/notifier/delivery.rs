@@ -1,0 +1,233 @@
+//! One attempt at a job's notification: `sh -c "$notify"` with the job JSON (`{"job":{…}}`)
+//! on stdin and the job's facts in `DEPLOYHOOK_*` variables, in the environment builds get
+//! (cleared, then PATH/HOME/LANG, the project's `env` and `env_file`), in a process group of
+//! its own, stopped after [`TIMEOUT`]. The attempt and its output go to the job's log, its
+//! outcome to the journal.
+
+use super::backoff;
+use crate::build::{base_env, describe, mask, run_step, say, Log, SharedLog, Step};
+use crate::clock::now_ms;
+use crate::config::{Config, Project};
+use crate::job::{Control, StopReason};
+use crate::journal::{Attempt, Job, JobRow, Journal, Op};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a `notify` command may run.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether an attempt's outcome reached the journal.
+pub(super) enum Recorded {
+    Yes,
+    /// The journal refused it (the attempt runs again later).
+    No,
+    /// The daemon is stopping; nothing was recorded and the notification stays due.
+    Stopped,
+}
+
+/// Runs the notification of job `job_id` once and records how it went.
+pub(super) fn attempt(
+    journal: &Journal,
+    config: &Config,
+    job_id: &str,
+    control: &Control,
+) -> Recorded {
+    let row = match journal.job(job_id) {
+        Ok(Some(row)) => row,
+        // Retention keeps a job while its notification is due; a stray outbox row goes.
+        Ok(None) => return record(journal, job_id, give_up("the job no longer exists")),
+        Err(e) => {
+            log::error!("notification of job={job_id}: {e}");
+            return Recorded::No;
+        }
+    };
+    let attempts = row.job.notification.as_ref().map_or(0, |n| n.attempts) + 1;
+    let log: SharedLog = Arc::new(Mutex::new(Log::open(
+        &config.logs_dir().join(format!("{job_id}.log")),
+        config.max_log_bytes,
+        true,
+    )));
+    let Some((project, command)) = config
+        .projects
+        .get(&row.job.project)
+        .and_then(|p| Some((p, p.notify.as_deref()?)))
+    else {
+        let why = format!(
+            "project `{}` no longer has a `notify` command; the notification is dropped",
+            row.job.project
+        );
+        say(&log, &format!("notification: {why}"));
+        return record(journal, job_id, give_up(&why));
+    };
+    let outcome = match run(config, project, command, &row, attempts, control, &log) {
+        Ok(()) => Attempt::Sent,
+        Err(Failure::Stopped) => {
+            say(
+                &log,
+                "notification stopped by daemon shutdown; it runs again after the restart",
+            );
+            return Recorded::Stopped;
+        }
+        Err(Failure::Failed(error)) => {
+            let ended = row.job.finished_at.unwrap_or_else(now_ms);
+            Attempt::Failed {
+                error: mask(&log, &error),
+                retry_at: backoff::retry_at(ended, attempts, now_ms()),
+            }
+        }
+    };
+    report(&log, &row.job, attempts, &outcome);
+    record(journal, job_id, outcome)
+}
+
+/// Why a run did not succeed.
+enum Failure {
+    Failed(String),
+    Stopped,
+}
+
+/// Runs the command once, to its end or its timeout.
+fn run(
+    config: &Config,
+    project: &Project,
+    command: &str,
+    row: &JobRow,
+    attempts: u32,
+    control: &Control,
+    log: &SharedLog,
+) -> Result<(), Failure> {
+    let secrets = match &project.env_file {
+        Some(path) => crate::env_file::read(path).map_err(|e| Failure::Failed(e.to_string()))?,
+        None => Vec::new(),
+    };
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .masker
+        .hide(secrets.iter().map(|(_, v)| v.as_str()));
+    say(
+        log,
+        &format!(
+            "notification ({}), attempt {attempts}: $ sh -c {command:?}",
+            row.job.state.as_str()
+        ),
+    );
+    let input = job_input(config, &row.job)
+        .map_err(|e| Failure::Failed(format!("cannot write the job JSON for stdin: {e}")))?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env_clear()
+        .envs(base_env(config))
+        .envs(&project.env)
+        .envs(secrets)
+        .envs(job_variables(row))
+        .current_dir(&config.state_dir);
+    let deadline = Instant::now() + TIMEOUT;
+    match run_step(
+        cmd,
+        input,
+        log,
+        control,
+        &row.job.id,
+        deadline,
+        config.kill_grace,
+    ) {
+        Step::Exited(status) if status.success() => Ok(()),
+        Step::Exited(status) => Err(Failure::Failed(format!(
+            "the notify command {}",
+            describe(status)
+        ))),
+        Step::SpawnFailed(e) => Err(Failure::Failed(format!("cannot run sh: {e}"))),
+        Step::Stopped(StopReason::Timeout) => Err(Failure::Failed(format!(
+            "the notify command timed out after {} s",
+            TIMEOUT.as_secs()
+        ))),
+        Step::Stopped(_) => Err(Failure::Stopped),
+    }
+}
+
+/// The `DEPLOYHOOK_*` variables of a notification; a value that is null is left unset.
+fn job_variables(row: &JobRow) -> Vec<(&'static str, String)> {
+    let job = &row.job;
+    let known = [
+        ("DEPLOYHOOK_JOB_ID", Some(job.id.clone())),
+        ("DEPLOYHOOK_JOB_STATE", Some(job.state.as_str().to_string())),
+        ("DEPLOYHOOK_PROJECT", Some(job.project.clone())),
+        ("DEPLOYHOOK_HOOK_NAME", Some(row.hook_name.clone())),
+        ("DEPLOYHOOK_BRANCH", Some(job.branch.clone())),
+        ("DEPLOYHOOK_COMMIT", job.commit.clone()),
+        ("DEPLOYHOOK_JOB_ERROR", job.error.clone()),
+    ];
+    known
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect()
+}
+
+/// The job JSON, `{"job":{…}}` as `GET /jobs/{id}` shows it, as a file to read from: written
+/// under `state_dir` (mode 0600), opened, and removed at once.
+fn job_input(config: &Config, job: &Job) -> std::io::Result<Stdio> {
+    let path = config.state_dir.join(".notify-input.json");
+    let json = serde_json::to_vec(&serde_json::json!({ "job": job }))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    out.write_all(&json)?;
+    let file = File::open(&path);
+    let _ = std::fs::remove_file(&path);
+    Ok(Stdio::from(file?))
+}
+
+fn give_up(why: &str) -> Attempt {
+    Attempt::Failed {
+        error: why.to_string(),
+        retry_at: None,
+    }
+}
+
+/// The attempt's outcome in the job log and the daemon log.
+fn report(log: &SharedLog, job: &Job, attempts: u32, outcome: &Attempt) {
+    let line = match outcome {
+        Attempt::Sent => "notification sent".to_string(),
+        Attempt::Failed {
+            error,
+            retry_at: Some(at),
+        } => format!(
+            "notification failed: {error}; next attempt in {} s",
+            at.saturating_sub(now_ms()).div_ceil(1000)
+        ),
+        Attempt::Failed {
+            error,
+            retry_at: None,
+        } => format!(
+            "notification failed: {error}; given up after {attempts} attempts (a day of retries)"
+        ),
+    };
+    say(log, &line);
+    match outcome {
+        Attempt::Sent => log::info!("job={} project={} {line}", job.id, job.project),
+        Attempt::Failed { .. } => log::warn!("job={} project={} {line}", job.id, job.project),
+    }
+}
+
+/// Records the outcome; a refused write leaves the notification due, to run again.
+fn record(journal: &Journal, job_id: &str, attempt: Attempt) -> Recorded {
+    let op = Op::Notified {
+        job_id: job_id.to_string(),
+        attempt,
+    };
+    match journal.submit(op) {
+        Ok(_) => Recorded::Yes,
+        Err(e) => {
+            log::error!("notification of job={job_id} not recorded ({e}); it runs again");
+            Recorded::No
+        }
+    }
+}
