@@ -1,4 +1,5 @@
-//! Fault injection: the daemon killed with SIGKILL at random moments while triggers arrive.
+//! Fault injection: the daemon killed with SIGKILL at random moments while triggers arrive and
+//! builds run and notify.
 
 mod common;
 
@@ -40,24 +41,31 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
     let dir = TempDir::new("fkill");
     let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
     let record = dir.path().join("record");
+    let notes = dir.path().join("notes");
     let locks = dir.path().join("locks");
     std::fs::create_dir_all(&locks).unwrap();
     // The whole build holds a lock on its project's file; a second build of the project while
     // one is alive (an orphan of a killed daemon included) fails to take it and says so.
     let build = "exec 9>\"$LOCKS/$DEPLOYHOOK_PROJECT\"; if ! flock -n 9; then echo \"OVERLAP $DEPLOYHOOK_PROJECT $DEPLOYHOOK_JOB_ID\" >> \"$REC\"; exit 1; fi; sleep 1.5; echo \"done $DEPLOYHOOK_JOB_ID\" >> \"$REC\"";
-    let specs: Vec<ProjectSpec> = (0..3)
+    // p3 builds at once, so that many of its jobs end READY and notify while the kills come.
+    let specs: Vec<ProjectSpec> = (0..4)
         .map(|i| {
+            let build = if i == 3 { "true" } else { build };
             let mut p = ProjectSpec::new(&format!("p{i}"), &repo.path, build);
             p.env = vec![
                 ("LOCKS".into(), locks.to_string_lossy().into()),
                 ("REC".into(), record.to_string_lossy().into()),
+                ("NOTES".into(), notes.to_string_lossy().into()),
             ];
+            // Every READY or ERROR job notifies (CANCELED ones must not); the command takes a
+            // moment after it has written, so that a kill then makes it run again.
+            p.extra = "notify = 'echo \"$DEPLOYHOOK_JOB_ID $DEPLOYHOOK_JOB_STATE\" >> \"$NOTES\"; sleep 0.3'\nnotify_on = [\"READY\", \"ERROR\"]".into();
             p
         })
         .collect();
-    let config = write_config(dir.path(), "workers = 3", &specs);
+    let config = write_config(dir.path(), "workers = 4", &specs);
     let mut d = Daemon::start(&config);
-    let hooks: Vec<(String, String)> = (0..3)
+    let hooks: Vec<(String, String)> = (0..4)
         .map(|i| d.create_hook(&format!("p{i}"), "main"))
         .collect();
     let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
@@ -67,8 +75,11 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = hooks
             .iter()
-            .map(|(_, path)| {
+            .enumerate()
+            .map(|(i, (_, path))| {
                 let (addr, path, stop) = (d.public, path.clone(), stop.clone());
+                // p3's triggers are spaced so that its quick builds finish and notify.
+                let pause = Duration::from_millis(if i == 3 { 150 } else { 20 });
                 std::thread::spawn(move || {
                     let mut ids = Vec::new();
                     while !stop.load(Ordering::SeqCst) {
@@ -76,7 +87,7 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
                             Some(id) => ids.push(id),
                             None => break,
                         }
-                        std::thread::sleep(Duration::from_millis(20));
+                        std::thread::sleep(pause);
                     }
                     ids
                 })
@@ -119,6 +130,36 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
         let newest = listing["jobs"][0]["id"].as_str().unwrap().to_string();
         d.wait_state(&newest, "READY", Duration::from_secs(60));
     }
+    // Every notification due was delivered at least once, and none for a state not listed.
+    let mut ended = Vec::new();
+    for id in &acked {
+        let ok = wait_until(Duration::from_secs(60), || {
+            let job = d.job(id);
+            match job["state"].as_str() {
+                Some("CANCELED") => job["notification"].is_null(),
+                _ => job["notification"]["state"] == "sent",
+            }
+        });
+        let job = d.job(id);
+        assert!(ok, "job {id}: its notification is not settled: {job}");
+        if job["state"] != "CANCELED" {
+            ended.push((id.clone(), job["state"].as_str().unwrap().to_string()));
+        }
+    }
+    let delivered = std::fs::read_to_string(&notes).unwrap_or_default();
+    for (id, state) in &ended {
+        let line = format!("{id} {state}");
+        assert!(
+            delivered.lines().any(|l| l == line),
+            "the notification of {id} ({state}) was never delivered"
+        );
+    }
+    assert!(
+        !delivered.contains("CANCELED"),
+        "a CANCELED job notified:\n{delivered}"
+    );
+    assert_eq!(metric(&d, "deployhook_notifications_pending"), 0.0);
+    let repeats = delivered.lines().count() - ended.len();
     let text = std::fs::read_to_string(&record).unwrap_or_default();
     assert!(
         !text.contains("OVERLAP"),
@@ -130,7 +171,9 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
         acked.len()
     );
     eprintln!(
-        "kill -9 loop: 20 cycles, {} acknowledged triggers, all accounted for",
-        acked.len()
+        "kill -9 loop: 20 cycles, {} acknowledged triggers, all accounted for; {} notifications \
+         delivered ({repeats} again after a kill)",
+        acked.len(),
+        ended.len()
     );
 }

@@ -23,7 +23,7 @@ pub const HOOK_KEYS: [&str; 6] = [
 ];
 
 /// The keys of a job object, in DESIGN.md's order (`/jobs`, `/jobs/{id}`).
-pub const JOB_KEYS: [&str; 13] = [
+pub const JOB_KEYS: [&str; 14] = [
     "id",
     "hookId",
     "project",
@@ -37,6 +37,7 @@ pub const JOB_KEYS: [&str; 13] = [
     "error",
     "canceledBy",
     "notBefore",
+    "notification",
 ];
 
 /// A directory removed when dropped.
