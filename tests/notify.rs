@@ -169,6 +169,11 @@ fn a_failing_command_is_retried_across_a_kill_9_until_it_succeeds() {
     assert_eq!(metric(&s.daemon, "deployhook_notifications_pending"), 0.0);
     let log = s.daemon.job_log(&id);
     assert!(log.contains("notification (READY), attempt 2"), "{log}");
+    let page = http(s.daemon.status, "GET", &format!("/job/{id}"), &[], b"").text();
+    assert!(
+        page.contains("<tr><th>Notification</th><td>sent (2 attempts)</td></tr>"),
+        "{page}"
+    );
 }
 
 #[test]
@@ -201,4 +206,181 @@ fn without_notify_jobs_have_no_notification_and_a_bad_notify_on_is_refused() {
         text.contains("use any of READY, ERROR, CANCELED, RECOVERED"),
         "{text}"
     );
+}
+
+/// One request a stand-in webhook received.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    head: String,
+    body: String,
+}
+
+/// A stand-in for Slack, Discord and ntfy: answers every request 200 and keeps it.
+fn webhook_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+            keep.lock().unwrap().push(Received {
+                path,
+                head,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (addr, seen)
+}
+
+/// The `notify = '''…'''` lines of the README's notification recipes, in order.
+fn readme_recipes() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("\nRecipes (").expect("the README's recipes");
+    let end = start + readme[start..].find("\n### ").unwrap();
+    readme[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("notify = '''")?.strip_suffix("'''"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_recipes_post_what_they_promise() {
+    if std::process::Command::new("jq")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return skip_unless_ci("jq is not installed (the recipes build their JSON with it)");
+    }
+    let recipes = readme_recipes();
+    assert_eq!(recipes.len(), 4, "Slack, Discord, ntfy, email: {recipes:?}");
+    let dir = TempDir::new("nrecipes");
+    let (addr, seen) = webhook_server();
+    // A sendmail stand-in that keeps the message it is given.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let mail = dir.path().join("mail");
+    let sendmail = bin.join("sendmail");
+    std::fs::write(
+        &sendmail,
+        format!(
+            "#!/bin/sh\necho \"args: $*\" > {0}\ncat >> {0}\n",
+            mail.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &sendmail,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let repo = Repo::new(dir.path(), "repo", &[("a", "1")]);
+    let names = ["slack", "discord", "ntfy", "email"];
+    let specs: Vec<ProjectSpec> = names
+        .iter()
+        .zip(&recipes)
+        .map(|(name, recipe)| {
+            let mut p = ProjectSpec::new(name, &repo.path, "echo failing on purpose; exit 4");
+            p.env = vec![
+                ("SLACK_WEBHOOK_URL".into(), format!("http://{addr}/slack")),
+                (
+                    "DISCORD_WEBHOOK_URL".into(),
+                    format!("http://{addr}/discord"),
+                ),
+                ("NTFY_URL".into(), format!("http://{addr}/ntfy-topic")),
+                ("MAIL_TO".into(), "ops@example.com".into()),
+            ];
+            p.extra = format!("notify = '''{recipe}'''");
+            p
+        })
+        .collect();
+    let config = write_config(dir.path(), "workers = 4", &specs);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Daemon::start_with_env(&config, &[("PATH", &path)]);
+    let mut jobs = Vec::new();
+    for name in names {
+        let (_, hook_path) = d.create_hook(name, "main");
+        jobs.push(d.trigger(&hook_path));
+    }
+    for id in &jobs {
+        d.wait_state(id, "ERROR", T);
+        wait_notification(&d, id, "sent", T);
+    }
+    let seen = seen.lock().unwrap().clone();
+    let got = |path: &str| {
+        seen.iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("nothing posted to {path}: {seen:?}"))
+            .clone()
+    };
+    let expected = |project: &str, id: &str| {
+        format!("{project} (main): ERROR build exited with status 4 job {id}")
+    };
+    for (name, key, id) in [
+        ("slack", "text", &jobs[0]),
+        ("discord", "content", &jobs[1]),
+    ] {
+        let r = got(&format!("/{name}"));
+        assert!(
+            r.head
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{r:?}"
+        );
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body[key], expected(name, id), "{r:?}");
+    }
+    let ntfy = got("/ntfy-topic");
+    assert!(ntfy.head.contains("Title: ntfy ERROR"), "{ntfy:?}");
+    assert_eq!(
+        ntfy.body,
+        format!("build exited with status 4 (job {})", jobs[2])
+    );
+    let message = read(&mail);
+    assert!(
+        message.starts_with("args: -t\nTo: ops@example.com\n"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Subject: deploy of email: ERROR build exited with status 4\n\n"),
+        "{message}"
+    );
+    let json_start = message.find("\n\n").unwrap();
+    let body: Value = serde_json::from_str(&message[json_start..]).unwrap();
+    assert_eq!(body["job"]["id"], jobs[3].as_str());
 }

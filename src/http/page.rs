@@ -6,7 +6,7 @@
 //! through [`escape`].
 
 use super::projects::{Summary, CHART_BUILDS};
-use crate::journal::{JobRow, JobState};
+use crate::journal::{JobRow, JobState, Notification, NotificationState};
 use crate::timefmt::utc;
 use std::fmt::Write as _;
 
@@ -212,6 +212,7 @@ pub fn job(row: &JobRow, log: &str) -> String {
 <tr><th>Created (UTC)</th><td>{created}</td></tr><tr><th>Started</th><td>{started}</td></tr>\
 <tr><th>Finished</th><td>{finished}</td></tr><tr><th>Exit code</th><td>{exit}</td></tr>\
 <tr><th>Error</th><td>{error}</td></tr><tr><th>Canceled by</th><td>{canceled}</td></tr>\
+<tr><th>Notification</th><td>{notification}</td></tr>\
 </table>\n<h2>Log</h2><p>Last {LOG_LINES} lines; live: <code>curl -N …/jobs/{id}/log?follow=1</code>, \
 raw: <a href=\"/jobs/{id}/log\">/jobs/{id}/log</a></p>\n\
 <pre id=\"log\" data-job=\"{id}\" data-open=\"{open}\">{log}</pre>{FOOT}",
@@ -228,10 +229,29 @@ raw: <a href=\"/jobs/{id}/log\">/jobs/{id}/log</a></p>\n\
         exit = j.exit_code.map_or_else(|| "–".to_string(), |c| c.to_string()),
         error = opt(j.error.as_deref()),
         canceled = opt(j.canceled_by.as_deref()),
+        notification = escape(&notification(j.notification.as_ref())),
         log = escape(log),
         open = u8::from(!j.state.is_terminal()),
     );
     html
+}
+
+/// A job's notification in words: "–" without one.
+fn notification(n: Option<&Notification>) -> String {
+    let Some(n) = n else {
+        return "–".to_string();
+    };
+    let tries = match n.attempts {
+        1 => "1 attempt".to_string(),
+        k => format!("{k} attempts"),
+    };
+    let last = n.last_error.as_deref().unwrap_or("");
+    match n.state {
+        NotificationState::Sent => format!("sent ({tries})"),
+        NotificationState::Pending if n.attempts == 0 => "pending".to_string(),
+        NotificationState::Pending => format!("pending, {tries} so far; last: {last}"),
+        NotificationState::Failed => format!("failed after {tries}: {last}"),
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub use apply::MAX_PRUNE_PER_OP;
 pub use error::{JournalError, ReadError};
 pub use ops::{Attempt, Op, Outcome};
 pub use reads::JobFilter;
-pub use records::{Hook, Job, JobRow, JobState, NotifyOn};
+pub use records::{Hook, Job, JobRow, JobState, Notification, NotificationState, NotifyOn};
 #[doc(hidden)]
 pub use wal::fuzz_decode;
 pub use wal::LogFile;
