@@ -1,7 +1,7 @@
 //! Core threads, and what their death means.
 //!
-//! Each core thread of the daemon (`journal-writer`, `scheduler`, `build-N`, `pruner`, `admin`,
-//! `watchdog`, `http-public`, `http-status`) carries a part of the service that no other thread
+//! Each core thread of the daemon (`journal-writer`, `scheduler`, `build-N`, `pruner`,
+//! `notifier`, `admin`, `watchdog`, `http-public`, `http-status`) carries a part of the service that no other thread
 //! does: if one ends while the daemon is not stopping, the process still looks alive but no
 //! longer works (triggers refused, jobs never started). [`spawn_core`] makes such a death fatal.
 //! It logs `thread NAME died (panic: MSG)` or `thread NAME ended unexpectedly`, stops the
@@ -28,7 +28,7 @@
 //! panic as it starts; `DEPLOYHOOK_FAULT_PANIC=NAME:N` makes it panic at its Nth event (N from
 //! 1), for the threads that have events ([`fault_point`]): the scheduler once it has handed out
 //! a queued job, a build thread as it takes a job, the journal writer after a commit, the
-//! pruner and the watchdog at each round. The variable is read once, by [`arm`].
+//! pruner, the notifier and the watchdog at each round. The variable is read once, by [`arm`].
 
 use std::any::Any;
 use std::cell::Cell;

@@ -384,3 +384,34 @@ fn the_readme_recipes_post_what_they_promise() {
     let body: Value = serde_json::from_str(&message[json_start..]).unwrap();
     assert_eq!(body["job"]["id"], jobs[3].as_str());
 }
+
+#[test]
+fn a_hanging_command_is_stopped_after_30_seconds_and_tried_again() {
+    if !slow_tests_enabled() {
+        return;
+    }
+    let notify = "echo run >> \"$OUT/runs\"; exec sleep 613";
+    let (s, out) = notifying("nhang", notify, "[\"READY\"]");
+    let id = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&id, "READY", T);
+    let mut job = Value::Null;
+    let timed_out = wait_until(Duration::from_secs(60), || {
+        job = s.daemon.job(&id);
+        job["notification"]["attempts"] == 1
+    });
+    assert!(timed_out, "{job}");
+    assert_eq!(job["notification"]["state"], "pending");
+    assert_eq!(
+        job["notification"]["lastError"],
+        "the notify command timed out after 30 s"
+    );
+    let gone = wait_until(Duration::from_secs(10), || {
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 613"])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty()
+    });
+    assert!(gone, "the timed-out command is still running");
+    assert_eq!(read(&out.join("runs")).lines().count(), 1);
+}

@@ -57,8 +57,8 @@ fn a_scheduler_panic_ends_the_process_with_status_70() {
 fn a_journal_writer_panic_ends_the_process() {
     let dir = TempDir::new("writer-panic");
     let config = one_project(&dir, "true");
-    // The first commit is the hook's creation.
-    let mut d = Daemon::start_with_env(&config, &[(FAULT, "journal-writer:1")]);
+    // The writer's first op is the notification policy at start; its second the hook's creation.
+    let mut d = Daemon::start_with_env(&config, &[(FAULT, "journal-writer:2")]);
     d.hooks_create("site", "hook", "main", false);
     assert_eq!(
         d.wait_exit(Duration::from_secs(15)),
@@ -75,8 +75,8 @@ fn a_journal_writer_panic_ends_the_process() {
 }
 
 #[test]
-fn a_listener_that_dies_at_start_ends_the_process() {
-    for thread in ["http-public", "http-status"] {
+fn a_listener_or_the_notifier_dying_at_start_ends_the_process() {
+    for thread in ["http-public", "http-status", "notifier"] {
         let dir = TempDir::new("listener-panic");
         let config = one_project(&dir, "true");
         let mut d = Daemon::start_with_env(&config, &[(FAULT, thread)]);

@@ -8,7 +8,8 @@
 //!    signal handlers, the admin socket (bound under a process-wide umask) and the TCP
 //!    listeners; core-thread deaths are made fatal ([`supervise::arm`]).
 //! 2. Start the core: janitor, state folders, journal and its writer, recovery (open jobs go
-//!    to the scheduler before the first trigger can), scheduler, build pool, pruner.
+//!    to the scheduler before the first trigger can), scheduler, build pool, pruner, notifier
+//!    (after the journal has the config's notification policy).
 //! 3. Start the front: hook listener, status listener, admin socket. Then log the ready line,
 //!    tell systemd, and start the watchdog.
 //! 4. Wait for a stop: SIGTERM or SIGINT, or the death of a core thread. SIGHUP reloads.
@@ -20,7 +21,8 @@
 //! Files: this one holds the life above and the signals; `core.rs` starts and stops the core,
 //! `front.rs` the front; `error.rs` says what can go wrong.
 //!
-//! Threads: `journal-writer`, `scheduler`, `build-N` (the pool), `pruner`, `http-public` (one
+//! Threads: `journal-writer`, `scheduler`, `build-N` (the pool), `pruner`, `notifier` (runs
+//! `notify` commands), `http-public` (one
 //! event loop for every hook connection), `http-status` (accept) with its connection threads,
 //! `admin`, `watchdog` (all core threads: see [`supervise`]), `janitor`, and the main thread,
 //! which waits for signals.

@@ -13,19 +13,28 @@ const MAX_RECOVERY_SCAN: usize = 500;
 
 impl Tables<'_> {
     /// Replaces every project's policy with `projects` (the projects not named notify nothing).
+    /// The same policy again writes nothing (a start with an unchanged config commits nothing).
     pub(super) fn set_notify_policy(
         &mut self,
         projects: &[(String, NotifyOn)],
     ) -> Result<Outcome, JournalError> {
         let mut old = Vec::new();
         for entry in self.notify_policy.iter()? {
-            old.push(entry?.0.value().to_string());
+            let (project, raw) = entry?;
+            old.push((project.value().to_string(), raw.value().to_vec()));
         }
-        for project in old {
+        let mut new = Vec::new();
+        for (project, on) in projects {
+            new.push((project.clone(), encode("a notification policy", on)?));
+        }
+        new.sort();
+        if old == new {
+            return Ok(Outcome::NotApplicable);
+        }
+        for (project, _) in old {
             self.notify_policy.remove(project.as_str())?;
         }
-        for (project, on) in projects {
-            let bytes = encode("a notification policy", on)?;
+        for (project, bytes) in &new {
             self.notify_policy
                 .insert(project.as_str(), bytes.as_slice())?;
         }
@@ -311,10 +320,15 @@ mod tests {
         hook(&j, "hook_a", "s1");
         policy(&j, &["ERROR"]);
         build(&j, "J1", JobState::Error);
-        let none = Op::SetNotifyPolicy {
+        let none = || Op::SetNotifyPolicy {
             projects: Vec::new(),
         };
-        j.submit(none).unwrap();
+        assert_eq!(j.submit(none()).unwrap(), Outcome::NotifyPolicySet);
+        assert_eq!(
+            j.submit(none()).unwrap(),
+            Outcome::NotApplicable,
+            "unchanged"
+        );
         build(&j, "J2", JobState::Error);
         assert_eq!(
             notification_state(&j, "J1"),
