@@ -26,7 +26,6 @@ mod journal;
 mod logging;
 mod metrics;
 mod notifier;
-mod notify;
 mod redact;
 mod scheduler;
 mod secret;
@@ -34,4 +33,5 @@ mod supervise;
 /// Thin wrappers over what std lacks (process groups, umask, file-system flags, rlimits).
 #[allow(unsafe_code)]
 mod sys;
+mod systemd;
 mod timefmt;

@@ -40,7 +40,7 @@ use crate::config::{self, Config};
 use crate::journal::{Journal, Op};
 use crate::scheduler::Event;
 use crate::supervise::{self, spawn_core, At};
-use crate::{notify, sys};
+use crate::{sys, systemd};
 use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -87,7 +87,7 @@ pub struct Claim {
 /// the process's only one: it reads and changes the environment and the umask.
 pub fn claim(config: &Config) -> Result<Claim, DaemonError> {
     let mut inherited = sys::take_listen_fds();
-    let watchdog = notify::watchdog_interval();
+    let watchdog = systemd::watchdog_interval();
     sys::raise_nofile_limit();
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
     let wake_main = signals.handle();
@@ -129,7 +129,7 @@ pub fn run(mut config: Config, claim: Claim) -> Result<(), DaemonError> {
     let core = Core::start(&config)?;
     let front = Front::start(&core, public, status, admin, started)?;
     log_ready(&config, &core, &front);
-    notify::ready();
+    systemd::ready();
     if let Some(interval) = watchdog {
         let (journal, events) = (core.journal.clone(), core.events.clone());
         spawn_core("watchdog", move || watchdog_loop(interval, journal, events))
@@ -139,7 +139,7 @@ pub fn run(mut config: Config, claim: Claim) -> Result<(), DaemonError> {
     wait_for_stop(&mut signals, &config.path, &core);
 
     supervise::stopping();
-    notify::stopping();
+    systemd::stopping();
     log::info!("shutting down: no new triggers; stopping running builds (they start over after the restart)");
     front.stop();
     core.stop();
@@ -198,7 +198,7 @@ fn watchdog_loop(interval: Duration, journal: Journal, events: Sender<Event>) {
         if !supervise::healthy() {
             log::error!("watchdog: a core thread died; not pinging systemd");
         } else if scheduler_alive {
-            notify::watchdog();
+            systemd::watchdog();
         } else {
             log::error!("watchdog: the scheduler does not answer; not pinging systemd");
         }
@@ -230,7 +230,7 @@ fn wait_for_stop(signals: &mut Signals, path: &Path, core: &Core) {
 
 /// Re-reads the config (see [`Config::reloaded`]). An invalid file changes nothing.
 fn reload(path: &Path, core: &Core) {
-    notify::reloading();
+    systemd::reloading();
     match config::load(path) {
         Ok(new) => {
             log_warnings(&new);
@@ -250,5 +250,5 @@ fn reload(path: &Path, core: &Core) {
         }
         Err(e) => log::error!("config reload refused, keeping the running configuration: {e}"),
     }
-    notify::ready();
+    systemd::ready();
 }
