@@ -1,7 +1,7 @@
 //! Process-wide counters and histograms, updated lock-free by the threads that observe the
 //! events and rendered in the Prometheus text format by the status listener.
 
-use crate::journal::{JobState, Outcome};
+use crate::journal::{JobState, NotificationState, Outcome};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -78,6 +78,8 @@ const COMMIT_BOUNDS: &[f64] = &[
 pub struct Metrics {
     triggers: [AtomicU64; 3],
     jobs_entered: [AtomicU64; 5],
+    /// Notification attempts recorded: sent, failed (to be retried), given up.
+    notifications: [AtomicU64; 3],
     pub queue_depth: AtomicU64,
     /// Callers holding a long poll on a hook URL (`?wait=N`).
     pub waiting_callers: AtomicU64,
@@ -97,6 +99,7 @@ impl Default for Metrics {
         Metrics {
             triggers: Default::default(),
             jobs_entered: Default::default(),
+            notifications: Default::default(),
             queue_depth: AtomicU64::new(0),
             waiting_callers: AtomicU64::new(0),
             workers_busy: AtomicU64::new(0),
@@ -119,12 +122,14 @@ impl Metrics {
         self.triggers[result as usize].fetch_add(1, Relaxed);
     }
 
-    /// A job entered `state` (created as PENDING, started, or finished).
-    /// A number that changes whenever a job changes state (live pages watch it).
+    /// A number that changes whenever a job changes state or its notification is attempted
+    /// (live pages watch it).
     pub fn changes(&self) -> u64 {
-        self.jobs_entered.iter().map(|n| n.load(Relaxed)).sum()
+        let count = |counters: &[AtomicU64]| counters.iter().map(|n| n.load(Relaxed)).sum::<u64>();
+        count(&self.jobs_entered) + count(&self.notifications)
     }
 
+    /// A job entered `state` (created as PENDING, started, or finished).
     pub fn job_entered(&self, state: JobState) {
         self.jobs_entered[state_index(state)].fetch_add(1, Relaxed);
     }
@@ -141,6 +146,16 @@ impl Metrics {
             Outcome::Started(_) => self.job_entered(JobState::Building),
             Outcome::Finished(row) => self.job_entered(row.job.state),
             Outcome::Canceled { .. } => self.job_entered(JobState::Canceled),
+            Outcome::Notified(Some(row)) => {
+                if let Some(n) = &row.job.notification {
+                    let index = match n.state {
+                        NotificationState::Sent => 0,
+                        NotificationState::Pending => 1,
+                        NotificationState::Failed => 2,
+                    };
+                    self.notifications[index].fetch_add(1, Relaxed);
+                }
+            }
             _ => {}
         }
     }
@@ -212,6 +227,24 @@ impl Metrics {
                 "counter",
                 "Journal operations that changed it (ops / commits = batch size).",
                 self.committed_ops.load(Relaxed),
+            ),
+            (
+                "deployhook_notifications_sent_total",
+                "counter",
+                "Notifications whose command exited 0.",
+                self.notifications[0].load(Relaxed),
+            ),
+            (
+                "deployhook_notification_failures_total",
+                "counter",
+                "Runs of a notify command that failed and are to be retried.",
+                self.notifications[1].load(Relaxed),
+            ),
+            (
+                "deployhook_notifications_given_up_total",
+                "counter",
+                "Notifications given up: a day of failed retries, or no notify command any more.",
+                self.notifications[2].load(Relaxed),
             ),
             (
                 "deployhook_retention_passes_total",

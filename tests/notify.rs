@@ -150,6 +150,10 @@ fn a_failing_command_is_retried_across_a_kill_9_until_it_succeeds() {
         .to_string();
     assert_eq!(error, "the notify command exited with status 7");
     assert_eq!(metric(&s.daemon, "deployhook_notifications_pending"), 1.0);
+    assert_eq!(
+        metric(&s.daemon, "deployhook_notification_failures_total"),
+        1.0
+    );
     let log = s.daemon.job_log(&id);
     assert!(log.contains("webhook said 500"), "{log}");
     assert!(
@@ -167,6 +171,10 @@ fn a_failing_command_is_retried_across_a_kill_9_until_it_succeeds() {
     assert_eq!(job["notification"]["lastError"], Value::Null);
     assert_eq!(read(&out.join("sent")).trim(), id);
     assert_eq!(metric(&s.daemon, "deployhook_notifications_pending"), 0.0);
+    assert_eq!(
+        metric(&s.daemon, "deployhook_notifications_sent_total"),
+        1.0
+    );
     let log = s.daemon.job_log(&id);
     assert!(log.contains("notification (READY), attempt 2"), "{log}");
     let page = http(s.daemon.status, "GET", &format!("/job/{id}"), &[], b"").text();
