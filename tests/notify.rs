@@ -423,3 +423,35 @@ fn a_hanging_command_is_stopped_after_30_seconds_and_tried_again() {
     assert!(gone, "the timed-out command is still running");
     assert_eq!(read(&out.join("runs")).lines().count(), 1);
 }
+
+#[test]
+fn a_reload_without_notify_gives_up_what_is_pending_and_says_why() {
+    let (s, _out) = notifying("nreload", "exit 1", "[\"READY\"]");
+    let d = &s.daemon;
+    let id = d.trigger(&s.path);
+    d.wait_state(&id, "READY", T);
+    let mut job = Value::Null;
+    assert!(
+        wait_until(T, || {
+            job = d.job(&id);
+            job["notification"]["attempts"] == 1
+        }),
+        "{job}"
+    );
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("notify")).collect();
+    std::fs::write(&d.config, kept.join("\n")).unwrap();
+    d.signal("HUP");
+    assert!(d.wait_log("config reloaded", T), "{}", d.log_text());
+    let job = wait_notification(d, &id, "failed", T);
+    assert_eq!(job["notification"]["attempts"], 2);
+    let why = job["notification"]["lastError"].as_str().unwrap();
+    assert!(why.contains("no longer has a `notify` command"), "{why}");
+    assert!(d.job_log(&id).contains(why), "{}", d.job_log(&id));
+    assert_eq!(metric(d, "deployhook_notifications_pending"), 0.0);
+    assert_eq!(metric(d, "deployhook_notifications_given_up_total"), 1.0);
+    // Jobs that end now notify nothing.
+    let next = d.trigger(&s.path);
+    d.wait_state(&next, "READY", T);
+    assert_eq!(d.job(&next)["notification"], Value::Null);
+}
