@@ -1,0 +1,397 @@
+//! Publishing a build's output as an immutable release, switching what is live, and rolling
+//! back. A target folder `to` (the project's `publish.to`) holds:
+//!
+//! - `releases/{job}/`: one complete release per published job; job ids sort by creation time,
+//!   so name order is job order. A release is never changed once it has its name;
+//! - `current`: a symlink to `releases/{job}`, switched in one step (a new link renamed over it);
+//! - `releases/.{job}.partial/`: a release being copied, never pointed at; what a crash or a stop
+//!   left is removed by the next publish;
+//! - `.deployhook.lock`: locked (flock) by whoever changes the folder, a build thread publishing
+//!   or the admin thread rolling back, so publishes and rollbacks of a target never interleave,
+//!   not even across processes.
+//!
+//! Invariants: once `current` exists it names a complete release, at every instant; pruning
+//! never removes the release `current` names; a stopped job never switches `current`.
+//!
+//! - `release.rs`: the copy into a new release, hard-linking files unchanged since the live one;
+//! - `current.rs`: reading and switching `current`, the kept releases, a rollback's choice;
+//! - `prune.rs`: releases beyond `keep` and leftovers of interrupted publishes.
+
+mod current;
+mod prune;
+mod release;
+
+pub use current::{live, releases, Live};
+pub use release::CopyStats;
+
+use crate::config::Publish;
+use release::CopyError;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+const CURRENT: &str = "current";
+const RELEASES: &str = "releases";
+const LOCK_FILE: &str = ".deployhook.lock";
+
+/// The job being published, as the publish sees it: whether it has been stopped, and a way to
+/// switch `current` that no stop can overtake.
+pub trait Gate: Sync {
+    /// Whether the job has been stopped (superseded, canceled, daemon shutdown).
+    fn stopped(&self) -> bool;
+    /// Runs `switch` unless the job has been stopped; a stop asked for meanwhile waits until it
+    /// is done. `None` when the job was stopped.
+    fn unless_stopped(&self, switch: &mut dyn FnMut() -> io::Result<()>) -> Option<io::Result<()>>;
+}
+
+/// A publish that switched `current`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub job_id: String,
+    /// The release `current` named before, if any.
+    pub previous: Option<String>,
+}
+
+/// The step of a publish that failed, for its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Making or locking the target folder, or clearing leftovers in it.
+    Prepare,
+    /// Copying the output into the new release.
+    Copy,
+    /// Naming the release and switching `current`.
+    Switch,
+}
+
+/// Why a publish failed; `current` is untouched in every case.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The build left no `publish.dir` folder in the checkout.
+    MissingOutput { dir: PathBuf },
+    /// `publish.dir` is not a folder, or leads out of the checkout through a symbolic link.
+    BadOutput { dir: PathBuf, why: &'static str },
+    /// The job was stopped during the publish; it has no verdict of its own.
+    Stopped,
+    /// The file system refused a step.
+    Io {
+        step: Step,
+        path: PathBuf,
+        to: PathBuf,
+        cause: io::Error,
+    },
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::MissingOutput { dir } => write!(
+                f,
+                "publish failed: the build left no folder `{}` in the checkout (publish.dir); \
+                 make the build write its output there, or fix publish.dir",
+                dir.display()
+            ),
+            PublishError::BadOutput { dir, why } => {
+                write!(f, "publish failed: `{}` (publish.dir) {why}", dir.display())
+            }
+            PublishError::Stopped => write!(f, "publish stopped: the job was stopped"),
+            PublishError::Io {
+                step,
+                path,
+                to,
+                cause,
+            } => {
+                let doing = match step {
+                    Step::Prepare => "cannot prepare",
+                    Step::Copy => "cannot copy",
+                    Step::Switch => "cannot switch `current` at",
+                };
+                write!(f, "publish failed: {doing} {}: {cause}", path.display())?;
+                write!(f, "; {}", advice(to, cause))
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// What to do about a file-system error in the target folder.
+fn advice(to: &Path, cause: &io::Error) -> String {
+    let to = to.display();
+    match cause.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => format!(
+            "the daemon's user needs write access to {to}: give it the folder (chown -R \
+             deployhook: {to}) and, under systemd, add ReadWritePaths={to} in a drop-in \
+             (systemctl edit deployhook; see deploy-target.conf.example)"
+        ),
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            format!("the disk holding {to} is full: free space there, or lower publish.keep")
+        }
+        Some(libc::ENOTDIR | libc::EEXIST | libc::EISDIR) => format!(
+            "something that is not deployhook's is in the way in {to}: `current` must be a \
+             symbolic link and `releases` a folder; move the other thing away"
+        ),
+        _ => "current is unchanged; the next successful build publishes again".to_string(),
+    }
+}
+
+/// Why a rollback was refused; `current` is unchanged.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RollbackError {
+    /// Nothing has been published yet (or `current` is not a release link).
+    NothingLive { kept: Vec<String> },
+    /// The live release is the oldest one kept.
+    NoOlderRelease { live: String, kept: Vec<String> },
+    /// The job's release was pruned (or never published).
+    ReleaseGone { job: String, kept: Vec<String> },
+    /// The target folder could not be read, locked or switched.
+    Io { path: PathBuf, cause: io::Error },
+}
+
+fn listing(kept: &[String]) -> String {
+    if kept.is_empty() {
+        "none".to_string()
+    } else {
+        kept.join(", ")
+    }
+}
+
+impl fmt::Display for RollbackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RollbackError::NothingLive { kept } => write!(
+                f,
+                "nothing is live yet: no release has been published (kept releases: {})",
+                listing(kept)
+            ),
+            RollbackError::NoOlderRelease { live, kept } => write!(
+                f,
+                "no release older than the live one ({live}) is kept; kept releases, newest \
+                 first: {}; name one to go to it (rollback PROJECT JOB)",
+                listing(kept)
+            ),
+            RollbackError::ReleaseGone { job, kept } => write!(
+                f,
+                "job {job} has no release here: it was removed (publish.keep) or never \
+                 published; kept releases, newest first: {}",
+                listing(kept)
+            ),
+            RollbackError::Io { path, cause } => {
+                write!(f, "cannot roll back at {}: {cause}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for RollbackError {}
+
+/// The exclusive lock on a target folder, held until dropped. Makes `to/releases` first.
+fn lock(to: &Path) -> io::Result<File> {
+    fs::create_dir_all(to.join(RELEASES))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(to.join(LOCK_FILE))?;
+    file.lock()?;
+    Ok(file)
+}
+
+/// Publishes `checkout/spec.dir` as the release of `job_id` and switches `current` to it,
+/// telling the job log each step's outcome through `say`; then removes releases past `keep`.
+pub fn publish(
+    job_id: &str,
+    checkout: &Path,
+    spec: &Publish,
+    gate: &dyn Gate,
+    say: &mut dyn FnMut(&str),
+) -> Result<Published, PublishError> {
+    let to = spec.to.as_path();
+    let io_error = |step: Step, path: &Path| {
+        let path = path.to_path_buf();
+        move |cause| PublishError::Io {
+            step,
+            path,
+            to: to.to_path_buf(),
+            cause,
+        }
+    };
+    let src = output_folder(checkout, &spec.dir, to)?;
+    let _lock = lock(to).map_err(io_error(Step::Prepare, to))?;
+    let cleared = prune::leftovers(to).map_err(io_error(Step::Prepare, to))?;
+    if cleared > 0 {
+        say(&format!(
+            "publish: removed {cleared} leftovers of an interrupted publish"
+        ));
+    }
+    let previous = live(to)
+        .map_err(io_error(Step::Prepare, &to.join(CURRENT)))?
+        .map(|l| l.job_id);
+    let releases_dir = to.join(RELEASES);
+    let partial = releases_dir.join(format!(".{job_id}.partial"));
+    let prev_dir = previous.as_ref().map(|p| releases_dir.join(p));
+    let copied = release::copy_release(&src, &partial, prev_dir.as_deref(), &|| gate.stopped());
+    let stats = match copied {
+        Ok(stats) => stats,
+        Err(e) => {
+            let _ = prune::remove_any(&partial);
+            return Err(match e {
+                CopyError::Stopped => PublishError::Stopped,
+                CopyError::Io { path, cause } => io_error(Step::Copy, &path)(cause),
+            });
+        }
+    };
+    say(&describe(&stats, previous.as_deref()));
+    let synced = File::open(&partial).and_then(|f| crate::sys::sync_file_system(&f));
+    synced.map_err(io_error(Step::Copy, &partial))?;
+
+    let fin = releases_dir.join(job_id);
+    // A release of this job may be there from an attempt a crash interrupted. If it is live, it
+    // is swapped with the new copy in one step (a reader of `current` always finds a whole
+    // release); the old copy then has the partial name, and the next publish removes it.
+    let replace_live = previous.as_deref() == Some(job_id);
+    if !replace_live && fs::symlink_metadata(&fin).is_ok() {
+        prune::remove_any(&fin).map_err(io_error(Step::Switch, &fin))?;
+        say(&format!(
+            "publish: removed the release an interrupted attempt of {job_id} left"
+        ));
+    }
+    let mut place_and_switch = || {
+        if replace_live {
+            crate::sys::rename_exchange(&partial, &fin)?;
+        } else {
+            fs::rename(&partial, &fin)?;
+        }
+        current::sync_folder(&releases_dir)?;
+        current::switch(to, job_id)
+    };
+    match gate.unless_stopped(&mut place_and_switch) {
+        Some(Ok(())) => {}
+        Some(Err(cause)) => {
+            let _ = prune::remove_any(&partial);
+            return Err(io_error(Step::Switch, &to.join(CURRENT))(cause));
+        }
+        None => {
+            let _ = prune::remove_any(&partial);
+            return Err(PublishError::Stopped);
+        }
+    }
+    say(&format!("publish: current -> releases/{job_id}"));
+    match prune::beyond_keep(to, spec.keep) {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => say(&format!(
+            "publish: removed {} old releases (publish.keep = {}): {}",
+            removed.len(),
+            spec.keep,
+            removed.join(", ")
+        )),
+        Err(e) => say(&format!(
+            "publish: could not remove old releases ({e}); they are removed after the next publish"
+        )),
+    }
+    Ok(Published {
+        job_id: job_id.to_string(),
+        previous,
+    })
+}
+
+/// The output folder of the build: `checkout/dir`, which must be a folder inside the checkout.
+fn output_folder(checkout: &Path, dir: &Path, to: &Path) -> Result<PathBuf, PublishError> {
+    let src = checkout.join(dir);
+    let real = match fs::canonicalize(&src) {
+        Ok(real) => real,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PublishError::MissingOutput {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(cause) => {
+            return Err(PublishError::Io {
+                step: Step::Copy,
+                path: src,
+                to: to.to_path_buf(),
+                cause,
+            })
+        }
+    };
+    let bad = |why| PublishError::BadOutput {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    let inside = fs::canonicalize(checkout).is_ok_and(|root| real.starts_with(root));
+    if !inside {
+        return Err(bad("leads out of the checkout through a symbolic link"));
+    }
+    if !real.is_dir() {
+        return Err(bad("is not a folder"));
+    }
+    Ok(real)
+}
+
+/// The job log's line about a copy.
+fn describe(stats: &CopyStats, previous: Option<&str>) -> String {
+    let mut line = format!(
+        "publish: {} files copied ({} bytes), {} hard-linked to release {}, {} folders, {} symbolic links",
+        stats.copied,
+        stats.bytes_copied,
+        stats.linked,
+        previous.unwrap_or("(none)"),
+        stats.folders,
+        stats.symlinks
+    );
+    if stats.skipped > 0 {
+        line.push_str(&format!(
+            "; {} special files (sockets, FIFOs, devices) left out",
+            stats.skipped
+        ));
+    }
+    line
+}
+
+/// Puts `current` back where it was before `published` switched it, when the journal refused
+/// the job's READY (it had been canceled meanwhile): a job that did not end READY is never
+/// left live. Returns what it did, for the job log.
+pub fn undo(spec: &Publish, published: &Published) -> io::Result<String> {
+    let to = spec.to.as_path();
+    let _lock = lock(to)?;
+    if live(to)?.map(|l| l.job_id).as_deref() != Some(published.job_id.as_str()) {
+        return Ok("current had moved on already".into());
+    }
+    let Some(previous) = published
+        .previous
+        .as_deref()
+        .filter(|p| to.join(RELEASES).join(p).is_dir())
+    else {
+        return Ok("no earlier release to go back to; current stays".into());
+    };
+    current::switch(to, previous)?;
+    prune::remove_any(&to.join(RELEASES).join(&published.job_id))?;
+    Ok(format!("current -> releases/{previous} again"))
+}
+
+/// A rollback that switched `current`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The release live before, if any.
+    pub from: Option<String>,
+    /// The release live now.
+    pub to: String,
+}
+
+/// Points `current` at `job`'s release, or without one at the newest kept release older than
+/// the live one.
+pub fn rollback(spec: &Publish, job: Option<&str>) -> Result<RolledBack, RollbackError> {
+    let to = spec.to.as_path();
+    let io_error = |path: PathBuf| move |cause| RollbackError::Io { path, cause };
+    let _lock = lock(to).map_err(io_error(to.to_path_buf()))?;
+    let from = live(to)
+        .map_err(io_error(to.join(CURRENT)))?
+        .map(|l| l.job_id);
+    let target = current::rollback_choice(to, job)?;
+    if from.as_deref() != Some(target.as_str()) {
+        current::switch(to, &target).map_err(io_error(to.join(CURRENT)))?;
+    }
+    Ok(RolledBack { from, to: target })
+}
