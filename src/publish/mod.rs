@@ -21,7 +21,7 @@ mod current;
 mod prune;
 mod release;
 
-pub use current::{live, releases, Live};
+pub use current::{live, releases};
 pub use release::CopyStats;
 
 use crate::config::Publish;
@@ -252,6 +252,9 @@ pub fn publish(
     // is swapped with the new copy in one step (a reader of `current` always finds a whole
     // release); the old copy then has the partial name, and the next publish removes it.
     let replace_live = previous.as_deref() == Some(job_id);
+    if replace_live {
+        say("publish: an interrupted attempt of this job made it live; its release is replaced in one step");
+    }
     if !replace_live && fs::symlink_metadata(&fin).is_ok() {
         prune::remove_any(&fin).map_err(io_error(Step::Switch, &fin))?;
         say(&format!(
@@ -366,8 +369,8 @@ pub fn undo(spec: &Publish, published: &Published) -> io::Result<String> {
     else {
         return Ok("no earlier release to go back to; current stays".into());
     };
+    // The job's release stays until pruned: a reader may have opened it a moment ago.
     current::switch(to, previous)?;
-    prune::remove_any(&to.join(RELEASES).join(&published.job_id))?;
     Ok(format!("current -> releases/{previous} again"))
 }
 
@@ -394,4 +397,97 @@ pub fn rollback(spec: &Publish, job: Option<&str>) -> Result<RolledBack, Rollbac
         current::switch(to, &target).map_err(io_error(to.join(CURRENT)))?;
     }
     Ok(RolledBack { from, to: target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job nobody stops.
+    struct Running;
+
+    impl Gate for Running {
+        fn stopped(&self) -> bool {
+            false
+        }
+        fn unless_stopped(
+            &self,
+            switch: &mut dyn FnMut() -> io::Result<()>,
+        ) -> Option<io::Result<()>> {
+            Some(switch())
+        }
+    }
+
+    /// A job stopped just before the switch.
+    struct StoppedAtSwitch;
+
+    impl Gate for StoppedAtSwitch {
+        fn stopped(&self) -> bool {
+            false
+        }
+        fn unless_stopped(&self, _: &mut dyn FnMut() -> io::Result<()>) -> Option<io::Result<()>> {
+            None
+        }
+    }
+
+    fn scratch(tag: &str) -> (PathBuf, Publish) {
+        let dir = std::env::temp_dir().join(format!("dh-publish-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("checkout/public")).unwrap();
+        let spec = Publish {
+            dir: "public".into(),
+            to: dir.join("www"),
+            keep: 5,
+        };
+        (dir, spec)
+    }
+
+    const J1: &str = "0000001aaaaaaaaaaaaa";
+    const J2: &str = "0000002bbbbbbbbbbbbb";
+
+    #[test]
+    fn a_job_published_again_replaces_its_live_release_in_one_step() {
+        let (dir, spec) = scratch("again");
+        let checkout = dir.join("checkout");
+        let page = |text: &str| fs::write(checkout.join("public/index.html"), text).unwrap();
+        page("first attempt");
+        let quiet = &mut |_: &str| {};
+        publish(J1, &checkout, &spec, &Running, quiet).unwrap();
+        // The same job again, as after a crash between the switch and READY.
+        page("second attempt");
+        let again = publish(J1, &checkout, &spec, &Running, quiet).unwrap();
+        assert_eq!(again.previous.as_deref(), Some(J1));
+        let live_page = fs::read_to_string(spec.to.join("current/index.html")).unwrap();
+        assert_eq!(live_page, "second attempt");
+        let old = spec.to.join(RELEASES).join(format!(".{J1}.partial"));
+        assert_eq!(
+            fs::read_to_string(old.join("index.html")).unwrap(),
+            "first attempt"
+        );
+        // A stop before the switch leaves current alone, and no partial copy behind.
+        let stopped = publish(J2, &checkout, &spec, &StoppedAtSwitch, quiet);
+        assert!(matches!(stopped, Err(PublishError::Stopped)), "{stopped:?}");
+        assert_eq!(live(&spec.to).unwrap().unwrap().job_id, J1);
+        assert_eq!(releases(&spec.to).unwrap(), [J1]);
+        assert!(!old.exists(), "the next publish removes the replaced copy");
+        // The job's release is put back only while it is live, to the one before it.
+        publish(J2, &checkout, &spec, &Running, quiet).unwrap();
+        let published = Published {
+            job_id: J2.into(),
+            previous: Some(J1.into()),
+        };
+        undo(&spec, &published).unwrap();
+        assert_eq!(live(&spec.to).unwrap().unwrap().job_id, J1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_output_folder_is_named() {
+        let (dir, mut spec) = scratch("missing");
+        spec.dir = "dist".into();
+        let err = publish(J1, &dir.join("checkout"), &spec, &Running, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("no folder `dist`"), "{err}");
+        assert!(live(&spec.to).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
