@@ -76,6 +76,11 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
     );
     let log = d.job_log(&j1);
     assert!(log.contains("publish: current -> releases/"), "{log}");
+    // Folders deployhook makes are open to the web server, whatever the daemon's umask.
+    for folder in [to.clone(), to.join("releases")] {
+        let mode = std::fs::metadata(&folder).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{}", folder.display());
+    }
 
     // A changed file and a changed mode are copies; the untouched file is the same inode.
     s.repo.commit(&[("site/index.html", "v2")], "v2");

@@ -187,9 +187,9 @@ impl fmt::Display for RollbackError {
 
 impl std::error::Error for RollbackError {}
 
-/// The exclusive lock on a target folder, held until dropped. Makes `to/releases` first.
+/// The exclusive lock on a target folder, held until dropped. Makes the folders first.
 fn lock(to: &Path) -> io::Result<File> {
-    fs::create_dir_all(to.join(RELEASES))?;
+    make_folders(to)?;
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -197,6 +197,24 @@ fn lock(to: &Path) -> io::Result<File> {
         .open(to.join(LOCK_FILE))?;
     file.lock()?;
     Ok(file)
+}
+
+/// Makes `to` (mode 0755) and `to/releases` (`to`'s mode) where they are missing. The modes are
+/// set outright, not left to the daemon's umask (0077 under the systemd unit), so that the web
+/// server can enter the folders: `to`'s mode is the operator's choice for it.
+fn make_folders(to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !to.is_dir() {
+        fs::create_dir_all(to)?;
+        fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
+    }
+    let releases = to.join(RELEASES);
+    if !releases.is_dir() {
+        fs::create_dir(&releases)?;
+        let mode = fs::metadata(to)?.permissions().mode() & 0o7777;
+        fs::set_permissions(&releases, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Publishes `checkout/spec.dir` as the release of `job_id` and switches `current` to it,
