@@ -103,7 +103,7 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
         "v1"
     );
     assert!(
-        d.job_log(&j2).contains("1 hard-linked"),
+        d.job_log(&j2).contains("1 file hard-linked"),
         "{}",
         d.job_log(&j2)
     );
@@ -113,7 +113,7 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
     d.wait_state(&j3, "READY", T);
     assert!(!to.join("releases").join(&j1).exists());
     assert!(
-        d.job_log(&j3).contains("3 hard-linked"),
+        d.job_log(&j3).contains("3 files hard-linked"),
         "{}",
         d.job_log(&j3)
     );

@@ -353,19 +353,23 @@ fn output_folder(checkout: &Path, dir: &Path, to: &Path) -> Result<PathBuf, Publ
 
 /// The job log's line about a copy.
 fn describe(stats: &CopyStats, previous: Option<&str>) -> String {
+    let count = |n: usize, what: &str| match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    };
     let mut line = format!(
-        "publish: {} files copied ({} bytes), {} hard-linked to release {}, {} folders, {} symbolic links",
-        stats.copied,
-        stats.bytes_copied,
-        stats.linked,
+        "publish: {} hard-linked to release {} (unchanged), {} copied ({} bytes), {}, {}",
+        count(stats.linked, "file"),
         previous.unwrap_or("(none)"),
-        stats.folders,
-        stats.symlinks
+        count(stats.copied, "file"),
+        stats.bytes_copied,
+        count(stats.folders, "folder"),
+        count(stats.symlinks, "symbolic link"),
     );
     if stats.skipped > 0 {
         line.push_str(&format!(
-            "; {} special files (sockets, FIFOs, devices) left out",
-            stats.skipped
+            "; {} left out (sockets, FIFOs, devices)",
+            count(stats.skipped, "special file")
         ));
     }
     line
