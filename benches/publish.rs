@@ -136,7 +136,10 @@ fn main() {
         }));
     }
     let (ours, rsync, cp) = (median(ours), median(rsync), median(cp));
-    println!("publish {FILES} files ({} KiB each, {FOLDERS} folders), one changed; median of {RUNS} runs", FILE_BYTES / 1024);
+    println!(
+        "publish {FILES} files ({} KiB each, {FOLDERS} folders), one changed; median of {RUNS} runs",
+        FILE_BYTES / 1024
+    );
     println!("{:<44} {:>9} {:>10}", "method", "ms", "vs rsync");
     for (name, d) in [
         ("deployhook publish (links, syncfs, switch)", ours),

@@ -70,6 +70,13 @@ pub fn releases(to: &Path) -> io::Result<Vec<String>> {
 
 /// Points `current` at `releases/{job_id}` in one step and makes the change durable.
 pub(super) fn switch(to: &Path, job_id: &str) -> io::Result<()> {
+    point(to, job_id)?;
+    sync_folder(to)
+}
+
+/// Points `current` at `releases/{job_id}` in one step: a new link under a temporary name,
+/// renamed over `current`. Durable once `to` is synced.
+pub(super) fn point(to: &Path, job_id: &str) -> io::Result<()> {
     let temp = to.join(format!(".{CURRENT}.{job_id}.tmp"));
     match fs::remove_file(&temp) {
         Ok(()) => {}
@@ -77,11 +84,9 @@ pub(super) fn switch(to: &Path, job_id: &str) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     symlink(Path::new(RELEASES).join(job_id), &temp)?;
-    if let Err(e) = fs::rename(&temp, to.join(CURRENT)) {
+    fs::rename(&temp, to.join(CURRENT)).inspect_err(|_| {
         let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
-    sync_folder(to)
+    })
 }
 
 /// fsync(2) of a folder: the names it holds (a rename into it) survive a power cut.

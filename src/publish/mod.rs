@@ -271,33 +271,50 @@ pub fn publish(
     // release); the old copy then has the partial name, and the next publish removes it.
     let replace_live = previous.as_deref() == Some(job_id);
     if replace_live {
-        say("publish: an interrupted attempt of this job made it live; its release is replaced in one step");
-    }
-    if !replace_live && fs::symlink_metadata(&fin).is_ok() {
-        prune::remove_any(&fin).map_err(io_error(Step::Switch, &fin))?;
-        say(&format!(
-            "publish: removed the release an interrupted attempt of {job_id} left"
+        say(concat!(
+            "publish: an interrupted attempt of this job made it live; ",
+            "its release is replaced in one step"
         ));
+    } else {
+        if fs::symlink_metadata(&fin).is_ok() {
+            prune::remove_any(&fin).map_err(io_error(Step::Switch, &fin))?;
+            say(&format!(
+                "publish: removed the release an interrupted attempt of {job_id} left"
+            ));
+        }
+        // Whole and durable under its final name, and not live until the switch.
+        fs::rename(&partial, &fin)
+            .and_then(|()| current::sync_folder(&releases_dir))
+            .map_err(io_error(Step::Switch, &fin))?;
     }
-    let mut place_and_switch = || {
+    // Only what a reader of `current` sees happens behind the gate, so no stop overtakes it and
+    // a stop waits no longer than two renames.
+    let mut switch = || {
         if replace_live {
             crate::sys::rename_exchange(&partial, &fin)?;
-        } else {
-            fs::rename(&partial, &fin)?;
         }
-        current::sync_folder(&releases_dir)?;
-        current::switch(to, job_id)
+        current::point(to, job_id)
     };
-    match gate.unless_stopped(&mut place_and_switch) {
-        Some(Ok(())) => {}
-        Some(Err(cause)) => {
-            let _ = prune::remove_any(&partial);
-            return Err(io_error(Step::Switch, &to.join(CURRENT))(cause));
-        }
-        None => {
-            let _ = prune::remove_any(&partial);
-            return Err(PublishError::Stopped);
-        }
+    let failed = match gate.unless_stopped(&mut switch) {
+        Some(Ok(())) => None,
+        Some(Err(cause)) => Some(io_error(Step::Switch, &to.join(CURRENT))(cause)),
+        None => Some(PublishError::Stopped),
+    };
+    if let Some(e) = failed {
+        // The new release never went live: remove it (a live release being replaced stays).
+        let _ = prune::remove_any(if replace_live { &partial } else { &fin });
+        return Err(e);
+    }
+    let synced = current::sync_folder(to).and_then(|()| match replace_live {
+        true => current::sync_folder(&releases_dir),
+        false => Ok(()),
+    });
+    if let Err(e) = synced {
+        say(&format!(
+            "publish: current is switched, but syncing {} failed ({e}): a power cut now \
+             could undo the switch",
+            to.display()
+        ));
     }
     say(&format!("publish: current -> releases/{job_id}"));
     match prune::beyond_keep(to, spec.keep) {
