@@ -7,6 +7,8 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,6 +42,29 @@ fn metrics(d: &Daemon) -> String {
     http(d.status, "GET", "/metrics", &[], b"").text()
 }
 
+/// The status page's event stream, read up to its first line of data.
+fn events(d: &Daemon) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(d.status).unwrap();
+    stream.set_read_timeout(Some(T)).unwrap();
+    write!(stream, "GET /events HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    assert!(read_until(&mut reader, "retry:"), "no event stream");
+    reader
+}
+
+/// Reads lines until one contains `needle`; false at the end of the stream.
+fn read_until(reader: &mut BufReader<TcpStream>, needle: &str) -> bool {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) if line.contains(needle) => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -57,7 +82,7 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
         ("site/css/site.css", "body{}"),
         ("site/run.sh", "#!/bin/sh\n"),
     ];
-    let s = setup_project(
+    let mut s = setup_project(
         dir,
         "cp -R site public",
         &files,
@@ -131,9 +156,12 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
     );
     assert!(text.contains("deployhook_project_live_release_timestamp_seconds{project=\"site\"} "));
 
-    // Rollback steps back one release; there is nothing older after that.
+    // Rollback steps back one release (an open status page hears of it); there is nothing
+    // older after that.
+    let mut page_events = events(d);
     let out = d.cli(&["rollback", "site"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(read_until(&mut page_events, "event: change"));
     assert!(
         stdout(&out).contains(&format!("current -> releases/{j2}")),
         "{}",
@@ -157,6 +185,9 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
     assert!(why.contains("was removed") && why.contains(&j3), "{why}");
 
     // What is live is read from the folder and the journal: a restart changes nothing.
+    s.daemon.kill9();
+    s.daemon.restart();
+    let d = &s.daemon;
     let site = &projects(d)[0];
     assert_eq!(site["live"]["jobId"], j2.as_str());
     let text = metrics(d);
@@ -164,7 +195,8 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
         text.contains("deployhook_project_releases_newer_than_live{project=\"site\"} 1\n"),
         "{text}"
     );
-    assert!(text.contains("deployhook_rollbacks_total 1\n"), "{text}");
+    // The counter is the process's own (since start); the gauge above is what lasts.
+    assert!(text.contains("deployhook_rollbacks_total 0\n"), "{text}");
     let page = http(d.status, "GET", "/", &[], b"").text();
     assert!(
         page.contains(&format!("Live: <a href=\"/job/{j2}\">")),
@@ -182,6 +214,8 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
     assert_eq!(answer, json!({"project": "site", "from": j2, "to": j3}));
     let out = d.cli(&["rollback", "site", &j2]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let text = metrics(d);
+    assert!(text.contains("deployhook_rollbacks_total 2\n"), "{text}");
     git(&s.repo.path, &["rm", "-q", "-r", "site"]);
     s.repo.commit(&[], "no site: the build fails");
     let j4 = d.trigger(&s.path);
