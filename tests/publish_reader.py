@@ -3,7 +3,8 @@
 (open the folder it names), then read every file of that release and check it against the
 release's MANIFEST (sha256sum lines written by the build). A release that does not match its
 manifest, or a `current` that has gone once it existed, is a failure. Stops when STOP exists;
-writes {"checks": N, "failures": [...]} to OUT.
+writes {"checks": N, "failed": N, "failures": [the first 20]} to OUT. It pauses 10 ms between
+checks, to leave the daemon most of the machine.
 
 Usage: publish_reader.py TO STOP OUT
 """
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 
 
 def check(fd):
@@ -50,6 +52,7 @@ def main():
         except FileNotFoundError:
             if seen:
                 failures.append("current is missing")
+            time.sleep(0.01)
             continue
         seen = True
         try:
@@ -62,8 +65,9 @@ def main():
         checks += 1
         if problem:
             failures.append(f"{target}: {problem}")
+        time.sleep(0.01)
     with open(out, "w") as f:
-        json.dump({"checks": checks, "failures": failures[:20]}, f)
+        json.dump({"checks": checks, "failed": len(failures), "failures": failures[:20]}, f)
 
 
 if __name__ == "__main__":
