@@ -81,7 +81,7 @@ fn advice(to: &Path, cause: &io::Error) -> String {
         Some(libc::ENOSPC | libc::EDQUOT) => {
             format!("the disk holding {to} is full: free space there, or lower publish.keep")
         }
-        Some(libc::ENOTDIR | libc::EEXIST | libc::EISDIR) => format!(
+        Some(libc::ENOTDIR | libc::EEXIST | libc::EISDIR | libc::EINVAL) => format!(
             "something that is not deployhook's is in the way in {to}: `current` must be a \
              symbolic link and `releases` a folder; move the other thing away"
         ),

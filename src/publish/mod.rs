@@ -118,7 +118,15 @@ pub fn publish(
     let releases_dir = to.join(RELEASES);
     let partial = releases_dir.join(format!(".{job_id}.partial"));
     let prev_dir = previous.as_ref().map(|p| releases_dir.join(p));
-    let copied = release::copy_release(&src, &partial, prev_dir.as_deref(), &|| gate.stopped());
+    // A site that is the repository itself is published without its git folder.
+    let whole_checkout = fs::canonicalize(checkout).is_ok_and(|root| root == src);
+    let leave_out: &[&str] = if whole_checkout { &[".git"] } else { &[] };
+    if whole_checkout {
+        say("publish: the output is the whole checkout; its .git folder is left out");
+    }
+    let copied = release::copy_release(&src, &partial, prev_dir.as_deref(), leave_out, &|| {
+        gate.stopped()
+    });
     let stats = match copied {
         Ok(stats) => stats,
         Err(e) => {
@@ -385,6 +393,21 @@ mod tests {
         };
         undo(&spec, &published).unwrap();
         assert_eq!(live(&spec.to).unwrap().unwrap().job_id, J1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_whole_checkout_is_published_without_its_git_folder() {
+        let (dir, mut spec) = scratch("whole");
+        let checkout = dir.join("checkout");
+        fs::create_dir_all(checkout.join(".git/objects")).unwrap();
+        fs::write(checkout.join("index.html"), "site").unwrap();
+        spec.dir = ".".into();
+        publish(J1, &checkout, &spec, &Running, &mut |_| {}).unwrap();
+        let release = spec.to.join(RELEASES).join(J1);
+        assert!(release.join("index.html").is_file());
+        assert!(release.join("public").is_dir());
+        assert!(!release.join(".git").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -72,17 +72,19 @@ struct Tree {
 }
 
 /// Copies the tree at `src` to the new folder `dst` (which must not exist), hard-linking files
-/// unchanged since `prev`, the release `current` names. `stopped` is asked now and then; once
-/// it says yes, the copy ends with [`CopyError::Stopped`] (the caller removes `dst`).
+/// unchanged since `prev`, the release `current` names, and leaving out the entries of `src`
+/// itself named in `leave_out`. `stopped` is asked now and then; once it says yes, the copy
+/// ends with [`CopyError::Stopped`] (the caller removes `dst`).
 pub(super) fn copy_release(
     src: &Path,
     dst: &Path,
     prev: Option<&Path>,
+    leave_out: &[&str],
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<CopyStats, CopyError> {
     let root_mode = fs::metadata(src).map_err(at(src))?.mode() & MODE_BITS;
     new_folder(dst).map_err(at(dst))?;
-    let tree = walk(src, dst)?;
+    let tree = walk(src, dst, leave_out)?;
     let mut stats = place_files(src, dst, prev, &tree.files, stopped)?;
     for (rel, mode) in tree.folders.iter().rev() {
         let path = dst.join(rel);
@@ -101,13 +103,17 @@ fn new_folder(path: &Path) -> io::Result<()> {
 }
 
 /// Makes the folders and links of `src` under `dst`, and lists its files.
-fn walk(src: &Path, dst: &Path) -> Result<Tree, CopyError> {
+fn walk(src: &Path, dst: &Path, leave_out: &[&str]) -> Result<Tree, CopyError> {
     let mut tree = Tree::default();
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
         let from = src.join(&rel);
         for entry in fs::read_dir(&from).map_err(at(&from))? {
             let entry = entry.map_err(at(&from))?;
+            let top = rel.as_os_str().is_empty();
+            if top && leave_out.iter().any(|name| entry.file_name() == *name) {
+                continue;
+            }
             let child = rel.join(entry.file_name());
             let kind = entry.file_type().map_err(at(&entry.path()))?;
             if kind.is_dir() {
@@ -304,13 +310,17 @@ mod tests {
         symlink("same.txt", src.join("link")).unwrap();
         symlink("/etc/passwd", src.join("outside")).unwrap();
         fs::set_permissions(src.join("sub"), Permissions::from_mode(0o750)).unwrap();
-        let first = copy_release(&src, &one, None, &never).unwrap();
+        let first = copy_release(&src, &one, None, &[], &never).unwrap();
         assert_eq!((first.copied, first.linked, first.symlinks), (3, 0, 2));
 
         write(&src, "sub/changed.txt", "new", 0o644);
         write(&src, "moded.sh", "#!/bin/sh", 0o755);
         write(&src, "added.txt", "added", 0o600);
-        let second = copy_release(&src, &two, Some(&one), &never).unwrap();
+        let second = copy_release(&src, &two, Some(&one), &["sub"], &never).unwrap();
+        assert_eq!((second.copied, second.linked), (2, 1), "{second:?}");
+        assert!(!two.join("sub").exists(), "left out");
+        let two = dir.join("three");
+        let second = copy_release(&src, &two, Some(&one), &[], &never).unwrap();
         assert_eq!((second.copied, second.linked), (3, 1), "{second:?}");
         let ino = |p: PathBuf| fs::metadata(p).unwrap().ino();
         assert_eq!(ino(one.join("same.txt")), ino(two.join("same.txt")));
@@ -342,7 +352,7 @@ mod tests {
         for i in 0..200 {
             write(&src, &format!("f{i}"), "x", 0o644);
         }
-        let err = copy_release(&src, &dir.join("dst"), None, &|| true).unwrap_err();
+        let err = copy_release(&src, &dir.join("dst"), None, &[], &|| true).unwrap_err();
         assert!(matches!(err, CopyError::Stopped), "{err:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
