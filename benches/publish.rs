@@ -5,6 +5,8 @@
 //!   content and mode, one syncfs, the `current` switch);
 //! - `rsync -a --link-dest=PREV SRC/ NEW/` (links files whose size and time match PREV's; the
 //!   build output here keeps the times of the previous one, rsync's best case);
+//! - the same rsync on an output whose files were all written anew, as a build writes them
+//!   (new times: rsync copies every file);
 //! - a plain `cp -a SRC NEW`.
 //!
 //! Each is run `RUNS` times, interleaved; medians are printed with their ratio to rsync's in
@@ -93,8 +95,16 @@ fn main() {
     // The new build: the same output with one file changed, file times kept (rsync's best case).
     run(Command::new("cp").arg("-a").arg(&old).arg(&new));
     std::fs::write(new.join("public/d7/f7.html"), b"changed").unwrap();
+    // The same output written anew: equal contents, new modification times.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    run(Command::new("cp")
+        .arg("-R")
+        .arg(new.join("public"))
+        .arg(&fresh));
 
-    let (mut ours, mut rsync, mut cp) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut rsync, mut rsync_fresh, mut cp) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stats = String::new();
     for r in 0..RUNS {
         let round = dir.path().join(format!("run{r}"));
@@ -128,6 +138,13 @@ fn main() {
                 .arg(format!("{}/", new.join("public").display()))
                 .arg(round.join("rsync-new")));
         }));
+        rsync_fresh.push(timed(|| {
+            run(Command::new("rsync")
+                .arg("-a")
+                .arg(format!("--link-dest={}", prev_rsync.display()))
+                .arg(format!("{}/", fresh.join("public").display()))
+                .arg(round.join("rsync-fresh")));
+        }));
         cp.push(timed(|| {
             run(Command::new("cp")
                 .arg("-a")
@@ -136,6 +153,7 @@ fn main() {
         }));
     }
     let (ours, rsync, cp) = (median(ours), median(rsync), median(cp));
+    let rsync_fresh = median(rsync_fresh);
     println!(
         "publish {FILES} files ({} KiB each, {FOLDERS} folders), one changed; median of {RUNS} runs",
         FILE_BYTES / 1024
@@ -144,6 +162,7 @@ fn main() {
     for (name, d) in [
         ("deployhook publish (links, syncfs, switch)", ours),
         ("rsync -a --link-dest=PREV SRC/ NEW/", rsync),
+        ("the same rsync, files written anew", rsync_fresh),
         ("cp -a SRC NEW", cp),
     ] {
         println!(
