@@ -257,6 +257,7 @@ fn a_failed_publish_is_an_error_and_current_stays() {
         "{}",
         stderr(&out)
     );
+    assert!(!to.exists(), "a refused rollback makes no folders");
 
     let j1 = d.trigger(&site_hook);
     d.wait_state(&j1, "READY", T);

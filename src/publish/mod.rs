@@ -303,6 +303,10 @@ pub struct RolledBack {
 pub fn rollback(spec: &Publish, job: Option<&str>) -> Result<RolledBack, RollbackError> {
     let to = spec.to.as_path();
     let io_error = |path: PathBuf| move |cause| RollbackError::Io { path, cause };
+    // Nothing was ever published here: refuse without making the folders.
+    if !to.join(RELEASES).is_dir() {
+        return Err(RollbackError::NothingLive { kept: Vec::new() });
+    }
     let _lock = lock(to).map_err(io_error(to.to_path_buf()))?;
     let from = live(to)
         .map_err(io_error(to.join(CURRENT)))?
