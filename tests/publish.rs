@@ -313,19 +313,58 @@ fn a_failed_publish_is_an_error_and_current_stays() {
 /// Files in the test site: enough that a publish takes a while, so kills land inside it.
 const SITE_FILES: usize = 1500;
 
+/// The paths and contents of a site of [`SITE_FILES`] files in 20 folders under `site/`.
+fn big_site() -> Vec<(String, String)> {
+    (0..SITE_FILES)
+        .map(|i| (format!("site/d{}/f{i}.txt", i % 20), format!("file {i}\n")))
+        .collect()
+}
+
+#[test]
+fn a_job_superseded_while_publishing_never_goes_live() {
+    let dir = TempDir::new("publish-supersede");
+    let to = dir.path().join("www");
+    let site = big_site();
+    let files: Vec<(&str, &str)> = site.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let build = "cp -R site public && echo \"$DEPLOYHOOK_JOB_ID\" > public/job";
+    let s = setup_project(dir, build, &files, "", &publish_line(&to, 3), Daemon::start);
+    let d = &s.daemon;
+    let first = d.trigger(&s.path);
+    d.wait_state(&first, "READY", T);
+    // A newer trigger lands while the older job copies its release. The race is the point: a
+    // publish that wins it is simply READY; one that loses must leave current alone.
+    let mut stopped = 0;
+    for _ in 0..5 {
+        let old = d.trigger(&s.path);
+        assert!(wait_until(T, || d
+            .job_log(&old)
+            .contains("publish: public ->")));
+        let new = d.trigger(&s.path);
+        d.wait_state(&new, "READY", T);
+        let job = d.job(&old);
+        assert_eq!(live_target(&to), Path::new("releases").join(&new));
+        let live_job = std::fs::read_to_string(to.join("current/job")).unwrap();
+        assert_eq!(live_job.trim(), new);
+        if job["state"] == "CANCELED" {
+            let log = d.job_log(&old);
+            let undone = "canceled while publishing: current -> releases/";
+            assert!(
+                log.contains("publish: stopped; current is unchanged") || log.contains(undone),
+                "{log}"
+            );
+            stopped += 1;
+        }
+    }
+    assert!(stopped > 0, "no trigger landed inside a publish in 5 tries");
+    eprintln!("superseded inside a publish: {stopped} of 5");
+}
+
 #[test]
 fn a_reader_never_sees_a_torn_release_while_the_daemon_is_killed() {
     let dir = TempDir::new("publish-reader");
     let to = dir.path().join("www");
-    let names: Vec<String> = (0..SITE_FILES)
-        .map(|i| format!("site/d{}/f{i}.txt", i % 20))
-        .collect();
-    let texts: Vec<String> = (0..SITE_FILES).map(|i| format!("file {i}\n")).collect();
-    let files: Vec<(&str, &str)> = names
-        .iter()
-        .zip(&texts)
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
+    let site = big_site();
+    let files: Vec<(&str, &str)> = site.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     // Every release differs in a few files (the job id, a random one) and shares the rest.
     let build = "cp -R site public && echo \"$DEPLOYHOOK_JOB_ID\" > public/job \
         && head -c 4096 /dev/urandom > public/d0/random \
