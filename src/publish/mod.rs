@@ -6,9 +6,10 @@
 //! - `current`: a symlink to `releases/{job}`, switched in one step (a new link renamed over it);
 //! - `releases/.{job}.partial/`: a release being copied, never pointed at; what a crash or a stop
 //!   left is removed by the next publish;
-//! - `.deployhook.lock`: locked (flock) by whoever changes the folder, a build thread publishing
-//!   or the admin thread rolling back, so publishes and rollbacks of a target never interleave,
-//!   not even across processes.
+//! - `.deployhook.lock`: locked (flock) by whoever names, switches or removes releases, a build
+//!   thread publishing or the admin thread rolling back, so those steps of publishes and
+//!   rollbacks never interleave, not even across processes. The copy into a job's own partial
+//!   folder runs outside the lock, so a rollback never waits for a copy.
 //!
 //! Invariants: once `current` exists it names a complete release, at every instant; pruning
 //! never removes the release `current` names; a stopped job never switches `current`.
@@ -105,19 +106,16 @@ pub fn publish(
         }
     };
     let src = output_folder(checkout, &spec.dir, to)?;
-    let _lock = lock(to).map_err(io_error(Step::Prepare, to))?;
-    let cleared = prune::leftovers(to).map_err(io_error(Step::Prepare, to))?;
-    if cleared > 0 {
-        say(&format!(
-            "publish: removed {cleared} leftovers of an interrupted publish"
-        ));
-    }
-    let previous = live(to)
-        .map_err(io_error(Step::Prepare, &to.join(CURRENT)))?
-        .map(|l| l.job_id);
+    make_folders(to).map_err(io_error(Step::Prepare, to))?;
     let releases_dir = to.join(RELEASES);
     let partial = releases_dir.join(format!(".{job_id}.partial"));
-    let prev_dir = previous.as_ref().map(|p| releases_dir.join(p));
+    prune::remove_any(&partial).map_err(io_error(Step::Prepare, &partial))?;
+    // The copy runs without the lock, so a rollback meanwhile is not held up by it. Linking to
+    // the release live when it began stays right whatever happens next: contents are compared.
+    let linked_to = live(to)
+        .map_err(io_error(Step::Prepare, &to.join(CURRENT)))?
+        .map(|l| l.job_id);
+    let prev_dir = linked_to.as_ref().map(|p| releases_dir.join(p));
     // A site that is the repository itself is published without its git folder.
     let whole_checkout = fs::canonicalize(checkout).is_ok_and(|root| root == src);
     let leave_out: &[&str] = if whole_checkout { &[".git"] } else { &[] };
@@ -137,9 +135,21 @@ pub fn publish(
             });
         }
     };
-    say(&describe(&stats, previous.as_deref()));
+    say(&describe(&stats, linked_to.as_deref()));
     let synced = File::open(&partial).and_then(|f| crate::sys::sync_file_system(&f));
     synced.map_err(io_error(Step::Copy, &partial))?;
+
+    let _lock = lock(to).map_err(io_error(Step::Prepare, to))?;
+    let cleared = prune::leftovers(to, &partial).map_err(io_error(Step::Prepare, to))?;
+    if cleared > 0 {
+        say(&format!(
+            "publish: removed {cleared} leftovers of an interrupted publish"
+        ));
+    }
+    // What the switch replaces, read under the lock (a rollback may have moved it).
+    let previous = live(to)
+        .map_err(io_error(Step::Prepare, &to.join(CURRENT)))?
+        .map(|l| l.job_id);
 
     let fin = releases_dir.join(job_id);
     // A release of this job may be there from an attempt a crash interrupted. If it is live, it

@@ -7,16 +7,16 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-/// Removes partial release copies and temporary links a crash or a stop left; returns how
-/// many it found.
-pub(super) fn leftovers(to: &Path) -> io::Result<usize> {
+/// Removes partial release copies and temporary links a crash or a stop left, but `ours`, the
+/// copy being published; returns how many it found.
+pub(super) fn leftovers(to: &Path, ours: &Path) -> io::Result<usize> {
     let mut found = 0;
     let releases = to.join(RELEASES);
     for entry in fs::read_dir(&releases)? {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".partial") {
+        if name.starts_with('.') && name.ends_with(".partial") && entry.path() != ours {
             remove_any(&entry.path())?;
             found += 1;
         }
@@ -93,7 +93,11 @@ mod tests {
         fs::create_dir_all(to.join(RELEASES).join(".x.partial/sub")).unwrap();
         std::os::unix::fs::symlink("releases/x", to.join(".current.x.tmp")).unwrap();
         current::switch(&to, &jobs[0]).unwrap();
-        assert_eq!(leftovers(&to).unwrap(), 2);
+        let ours = to.join(RELEASES).join(".y.partial");
+        fs::create_dir_all(&ours).unwrap();
+        assert_eq!(leftovers(&to, &ours).unwrap(), 2);
+        assert!(ours.is_dir());
+        fs::remove_dir(&ours).unwrap();
         assert_eq!(beyond_keep(&to, 2).unwrap(), jobs[1..4]);
         assert_eq!(
             current::releases(&to).unwrap(),
