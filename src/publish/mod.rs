@@ -410,6 +410,62 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A job whose copy halts at its first look at the stop switch until let go.
+    struct Halting {
+        halted: std::sync::atomic::AtomicBool,
+        at_halt: std::sync::Barrier,
+        let_go: std::sync::Barrier,
+    }
+
+    impl Gate for Halting {
+        fn stopped(&self) -> bool {
+            if !self.halted.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.at_halt.wait();
+                self.let_go.wait();
+            }
+            false
+        }
+        fn unless_stopped(
+            &self,
+            switch: &mut dyn FnMut() -> io::Result<()>,
+        ) -> Option<io::Result<()>> {
+            Some(switch())
+        }
+    }
+
+    #[test]
+    fn a_rollback_does_not_wait_for_a_copy() {
+        let (dir, spec) = scratch("nowait");
+        let checkout = dir.join("checkout");
+        fs::write(checkout.join("public/index.html"), "site").unwrap();
+        let quiet = &mut |_: &str| {};
+        publish(J1, &checkout, &spec, &Running, quiet).unwrap();
+        publish(J2, &checkout, &spec, &Running, quiet).unwrap();
+        let gate = Halting {
+            halted: false.into(),
+            at_halt: std::sync::Barrier::new(2),
+            let_go: std::sync::Barrier::new(2),
+        };
+        let j3 = "0000003ccccccccccccc";
+        std::thread::scope(|scope| {
+            let publishing = scope.spawn(|| publish(j3, &checkout, &spec, &gate, &mut |_| {}));
+            gate.at_halt.wait();
+            // The copy of j3 is under way; the rollback goes through at once. (Were it to wait
+            // for the copy, it would answer only once the copy is let go: a failure, no hang.)
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spec = &spec;
+            scope.spawn(move || tx.send(rollback(spec, None)));
+            let back = rx.recv_timeout(std::time::Duration::from_secs(30));
+            gate.let_go.wait();
+            let back = back.expect("the rollback waited for the copy").unwrap();
+            assert_eq!((back.from.as_deref(), back.to.as_str()), (Some(J2), J1));
+            let published = publishing.join().unwrap().unwrap();
+            assert_eq!(published.previous.as_deref(), Some(J1));
+        });
+        assert_eq!(live(&spec.to).unwrap().unwrap().job_id, j3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_whole_checkout_is_published_without_its_git_folder() {
         let (dir, mut spec) = scratch("whole");
