@@ -69,6 +69,19 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Point a project's live release (publish.to/current) back at an older one, at once
+    Rollback {
+        #[arg(value_parser = args::project)]
+        project: String,
+        /// The job whose release goes live [default: the newest kept release older than the
+        /// live one, so repeated rollbacks step back one release each]
+        #[arg(value_parser = args::job_id)]
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print a job's log
     Logs {
         #[arg(value_parser = args::job_id)]
@@ -265,6 +278,13 @@ fn run(command: Command) -> Result<(), Failure> {
             };
             client::jobs(&base, &query, json).map_err(Failure::Client)
         }
+        Command::Rollback {
+            project,
+            job,
+            json,
+            config,
+        } => client::rollback(&load(&config)?, &project, job.as_deref(), json)
+            .map_err(Failure::Client),
         Command::Logs {
             job,
             follow,

@@ -1,9 +1,10 @@
-//! The CLI side: `hooks …` over the admin socket, `jobs` and `logs` over the status listener.
-//! Output is for people by default and JSON with `--json`; a hook URL is printed alone on
-//! stdout so that `URL=$(deployhook hooks create …)` works.
+//! The CLI side: `hooks …`, `jobs cancel` and `rollback` over the admin socket, `jobs` and
+//! `logs` over the status listener. Output is for people by default and JSON with `--json`; a
+//! hook URL is printed alone on stdout so that `URL=$(deployhook hooks create …)` works.
 
 use crate::admin::protocol::{
-    Answer, Canceled, Created, Hooks, Request, Revoked, Rotated, Triggered, MAX_LINE_BYTES,
+    Answer, Canceled, Created, Hooks, Request, Revoked, RolledBack, Rotated, Triggered,
+    MAX_LINE_BYTES,
 };
 use crate::config::Config;
 use crate::journal::Job;
@@ -259,6 +260,32 @@ pub fn hooks_rotate(config: &Config, id: &str, json: bool) -> Result<(), ClientE
 pub fn jobs_cancel(config: &Config, job: &str, json: bool) -> Result<(), ClientError> {
     let Canceled { job } = admin_of(config, &Request::Cancel { job: job.into() })?;
     print_job(json, &job, &format!("canceled {}", job.id));
+    Ok(())
+}
+
+/// `rollback PROJECT [JOB]`: prints the switch (JSON with `--json`).
+pub fn rollback(
+    config: &Config,
+    project: &str,
+    job: Option<&str>,
+    json: bool,
+) -> Result<(), ClientError> {
+    let request = Request::Rollback {
+        project: project.into(),
+        job: job.map(str::to_string),
+    };
+    let done: RolledBack = admin_of(config, &request)?;
+    if json {
+        println!("{}", serde_json::json!(done));
+    } else if done.from.as_deref() == Some(done.to.as_str()) {
+        println!("{project}: releases/{} is live already", done.to);
+    } else {
+        println!(
+            "{project}: current -> releases/{} (was {})",
+            done.to,
+            done.from.as_deref().unwrap_or("nothing")
+        );
+    }
     Ok(())
 }
 

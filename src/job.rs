@@ -82,6 +82,19 @@ impl Control {
             .reason
     }
 
+    /// Runs `f` unless a stop was requested; a stop requested meanwhile waits until `f` is done,
+    /// so an action that must not follow a stop (switching a published release live) never
+    /// does. `None` when the job was stopped.
+    pub fn unless_stopped<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if st.reason.is_some() {
+            return None;
+        }
+        let out = f();
+        drop(st);
+        Some(out)
+    }
+
     /// Registers a freshly spawned group; if a stop was already requested it is signalled now.
     pub(crate) fn attach(&self, pgid: i32) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);

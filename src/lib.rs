@@ -26,6 +26,7 @@ mod journal;
 mod logging;
 mod metrics;
 mod notifier;
+mod publish;
 mod redact;
 mod scheduler;
 mod secret;

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub committed_ops: AtomicU64,
     /// Retention passes started (each looks for finished jobs past `keep_jobs`).
     pub retention_passes: AtomicU64,
+    /// Rollbacks done (`deployhook rollback`), all projects.
+    pub rollbacks: AtomicU64,
     pub build_duration: Histogram,
     pub commit_duration: Histogram,
 }
@@ -107,6 +109,7 @@ impl Default for Metrics {
             commits: AtomicU64::new(0),
             committed_ops: AtomicU64::new(0),
             retention_passes: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
             build_duration: Histogram::new(BUILD_BOUNDS),
             commit_duration: Histogram::new(COMMIT_BOUNDS),
         }
@@ -122,11 +125,11 @@ impl Metrics {
         self.triggers[result as usize].fetch_add(1, Relaxed);
     }
 
-    /// A number that changes whenever a job changes state or its notification is attempted
-    /// (live pages watch it).
+    /// A number that changes whenever a job changes state, its notification is attempted, or
+    /// a rollback changes what is live (live pages watch it).
     pub fn changes(&self) -> u64 {
         let count = |counters: &[AtomicU64]| counters.iter().map(|n| n.load(Relaxed)).sum::<u64>();
-        count(&self.jobs_entered) + count(&self.notifications)
+        count(&self.jobs_entered) + count(&self.notifications) + self.rollbacks.load(Relaxed)
     }
 
     /// A job entered `state` (created as PENDING, started, or finished).
@@ -251,6 +254,12 @@ impl Metrics {
                 "counter",
                 "Retention passes (finished jobs past keep_jobs removed), every 0.5 s.",
                 self.retention_passes.load(Relaxed),
+            ),
+            (
+                "deployhook_rollbacks_total",
+                "counter",
+                "Rollbacks of a project's live release (deployhook rollback) since start.",
+                self.rollbacks.load(Relaxed),
             ),
         ];
         for (name, kind, help, value) in scalars {

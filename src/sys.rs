@@ -1,6 +1,7 @@
 //! The few operating-system calls std does not offer: signalling process groups, the file
 //! creation mask, waking a blocked `accept`, the open-file limit, group lookup, a directory's
-//! inode flags, and taking over the sockets systemd passes (read by the `sd-notify` crate).
+//! inode flags, swapping two paths and syncing a file system (publishing), and taking over the
+//! sockets systemd passes (read by the `sd-notify` crate).
 //!
 //! This is the only module with `unsafe`; each block says why it is sound.
 //!
@@ -190,6 +191,47 @@ pub fn spread_new_directories(dir: &Path) -> bool {
     flags |= FS_TOPDIR_FL;
     // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`; the fd is open.
     unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) == 0 }
+}
+
+/// Swaps two paths in one step (renameat2 with RENAME_EXCHANGE): each name holds the other's
+/// file or folder afterwards, and at no moment is either name missing. Used to replace a live
+/// release in place, so that a reader of `current` always finds a whole one.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let a = path_cstring(a)?;
+    let b = path_cstring(b)?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call; AT_FDCWD makes them
+    // relative to the working folder, as rename(2) would.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Writes every dirty page of the file system holding `file` to disk (syncfs(2)): one call
+/// instead of an fsync per file for a release of thousands of files.
+pub fn sync_file_system(file: &std::fs::File) -> io::Result<()> {
+    // SAFETY: syncfs takes an open descriptor, which `file` keeps open during the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn path_cstring(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
 }
 
 /// The first buffer a group lookup gets: what glibc's `sysconf(_SC_GETGR_R_SIZE_MAX)`

@@ -8,6 +8,7 @@
 
 mod operator;
 pub mod protocol;
+mod rollback;
 
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -64,6 +65,10 @@ pub enum AdminError {
     Journal(JournalError),
     /// The journal could not be read.
     JournalRead(ReadError),
+    /// `rollback` named a project that does not publish (no `publish` in its table).
+    NotPublished { project: String },
+    /// `rollback` found no release to go to, or could not switch to it.
+    Rollback(crate::publish::RollbackError),
 }
 
 impl fmt::Display for AdminError {
@@ -112,6 +117,12 @@ impl fmt::Display for AdminError {
             AdminError::Random(e) => write!(f, "{e}"),
             AdminError::Journal(e) => write!(f, "{e}"),
             AdminError::JournalRead(e) => write!(f, "{e}"),
+            AdminError::NotPublished { project } => write!(
+                f,
+                "project `{project}` does not publish releases (no `publish` in its table), so \
+                 there is nothing to roll back"
+            ),
+            AdminError::Rollback(e) => write!(f, "{e}"),
         }
     }
 }
@@ -139,6 +150,8 @@ impl From<RandomError> for AdminError {
 pub struct Admin {
     pub journal: Journal,
     pub config: Arc<RwLock<Arc<Config>>>,
+    /// Counts rollbacks, which also tells open status pages to refresh.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why the admin socket could not be set up at start; its text names the socket and, for a
@@ -357,6 +370,7 @@ impl Admin {
             Request::Trigger { id } => line(self.trigger(id)),
             Request::Rotate { id } => line(self.rotate(id)),
             Request::Cancel { job } => line(self.cancel(job)),
+            Request::Rollback { project, job } => line(self.rollback(project, job)),
         }
     }
 

@@ -37,6 +37,13 @@ pub enum Request {
     Rotate { id: String },
     /// Cancels a PENDING or BUILDING job; answered with [`Canceled`].
     Cancel { job: String },
+    /// Points a project's `current` at an older release (`job`'s, or the newest kept one older
+    /// than the live one); answered with [`RolledBack`].
+    Rollback {
+        project: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
+    },
 }
 
 fn yes() -> bool {
@@ -73,6 +80,14 @@ pub struct Rotated {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Canceled {
     pub job: Job,
+}
+
+/// The answer to [`Request::Rollback`]: the release live before and the one live now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolledBack {
+    pub project: String,
+    pub from: Option<String>,
+    pub to: String,
 }
 
 /// The answer to [`Request::Create`]: the new hook and its URL, the only time the secret is

@@ -9,12 +9,13 @@ use super::checkout::{checkout, head_commit, CheckoutFailed, Steps};
 use super::job_log::{mask, say, Log, SharedLog};
 use super::process::{describe, run_step, Step};
 use crate::clock::now_ms;
-use crate::config::{Config, Project};
+use crate::config::{Config, Project, Publish};
 use crate::git_access::GitAccess;
 use crate::job::{Control, QueuedJob, StopReason};
 use crate::journal::Journal;
 use crate::journal::{JobState, Op, Outcome};
 use crate::metrics::Metrics;
+use crate::publish::{self, PublishError, Published};
 use crate::scheduler::{Assignment, Event};
 use crate::supervise::{self, At};
 use crossbeam_channel::{Receiver, Sender};
@@ -60,6 +61,8 @@ struct Verdict {
     state: JobState,
     exit_code: Option<i32>,
     error: Option<String>,
+    /// The release this job made live, to be put back should the journal refuse READY.
+    published: Option<(Publish, Published)>,
 }
 
 impl Verdict {
@@ -68,7 +71,22 @@ impl Verdict {
             state: JobState::Error,
             exit_code: None,
             error: Some(message.into()),
+            published: None,
         }
+    }
+}
+
+/// A publish stops with its job: the job's stop switch is the publish's gate.
+impl publish::Gate for Control {
+    fn stopped(&self) -> bool {
+        self.reason().is_some()
+    }
+
+    fn unless_stopped(
+        &self,
+        switch: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Option<std::io::Result<()>> {
+        Control::unless_stopped(self, switch)
     }
 }
 
@@ -156,14 +174,26 @@ fn record_verdict(
         error: v.error,
         now: now_ms(),
     };
-    if let Some(Outcome::Finished(_)) = record(ctx, finish, control) {
-        ctx.metrics.build_duration.observe(elapsed);
-        log::info!(
-            "job={} hook={} {} in {elapsed:.2} s",
-            job.id,
-            job.hook_id,
-            v.state.as_str()
-        );
+    match record(ctx, finish, control) {
+        Some(Outcome::Finished(_)) => {
+            ctx.metrics.build_duration.observe(elapsed);
+            log::info!(
+                "job={} hook={} {} in {elapsed:.2} s",
+                job.id,
+                job.hook_id,
+                v.state.as_str()
+            );
+        }
+        // Canceled in the journal while it published: its release must not stay live.
+        Some(_) => {
+            if let Some((spec, published)) = &v.published {
+                let undone = publish::undo(spec, published)
+                    .unwrap_or_else(|e| format!("could not put current back: {e}"));
+                say(log, &format!("canceled while publishing: {undone}"));
+                log::warn!("job={} canceled while publishing: {undone}", job.id);
+            }
+        }
+        None => {}
     }
 }
 
@@ -300,23 +330,72 @@ fn build_in(
     match step {
         Step::Exited(status) => {
             say(log, &format!("build {}", describe(status)));
-            if status.success() {
-                Some(Verdict {
-                    state: JobState::Ready,
-                    exit_code: Some(0),
-                    error: None,
-                })
-            } else {
-                Some(Verdict {
+            if !status.success() {
+                return Some(Verdict {
                     state: JobState::Error,
                     exit_code: status.code(),
                     error: Some(format!("build {}", describe(status))),
-                })
+                    published: None,
+                });
             }
+            let published = match &project.publish {
+                None => None,
+                Some(spec) => match publish_output(spec, job, control, dir, log) {
+                    Ok(published) => Some((spec.clone(), published)),
+                    Err(PublishError::Stopped) => {
+                        return control.reason().and_then(|r| stopped(r, project))
+                    }
+                    Err(e) => {
+                        return Some(Verdict {
+                            exit_code: Some(0),
+                            ..Verdict::error(e.to_string())
+                        })
+                    }
+                },
+            };
+            Some(Verdict {
+                state: JobState::Ready,
+                exit_code: Some(0),
+                error: None,
+                published,
+            })
         }
         Step::SpawnFailed(e) => Some(Verdict::error(format!("cannot run sh: {e}"))),
         Step::Stopped(reason) => stopped(reason, project),
     }
+}
+
+/// Publishes a successful build's output (`publish`), each step's outcome in the job log.
+fn publish_output(
+    spec: &Publish,
+    job: &QueuedJob,
+    control: &Control,
+    dir: &Path,
+    log: &SharedLog,
+) -> Result<Published, PublishError> {
+    say(
+        log,
+        &format!(
+            "publish: {} -> {}/releases/{}",
+            spec.dir.display(),
+            spec.to.display(),
+            job.id
+        ),
+    );
+    let started = Instant::now();
+    let result = publish::publish(&job.id, dir, spec, control, &mut |line| say(log, line));
+    match &result {
+        Ok(_) => {
+            say(
+                log,
+                &format!("publish: done in {:.2} s", started.elapsed().as_secs_f64()),
+            );
+            log::info!("job={} published to {}", job.id, spec.to.display());
+        }
+        Err(PublishError::Stopped) => say(log, "publish: stopped; current is unchanged"),
+        Err(e) => say(log, &format!("{e}")),
+    }
+    result
 }
 
 /// The verdict of a stopped job: a timeout is an error; a superseded or shut-down job has none.

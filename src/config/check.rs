@@ -1,7 +1,7 @@
 //! The checks of a syntactically valid config file: addresses, ranges, paths and files, each
 //! refusal a [`ConfigError`] naming the file, the line and the key.
 
-use super::raw::{key_path, line_of, RawConfig, RawProject, Whole};
+use super::raw::{key_path, line_of, RawConfig, RawProject, RawPublish, Whole};
 use super::*;
 use toml::de::DeTable;
 use toml::Spanned;
@@ -207,8 +207,14 @@ impl Checker<'_> {
             });
         }
         let mut projects = BTreeMap::new();
+        let mut targets: Vec<(PathBuf, String)> = Vec::new();
         for (name, p) in raw.projects {
+            let publish_at = p.publish.as_ref().map(|v| v.span().start);
             let project = self.project(&base, name, p)?;
+            if let (Some(publish), Some(at)) = (&project.publish, publish_at) {
+                self.distinct_target(&project.name, publish, at, &targets)?;
+                targets.push((publish.to.clone(), project.name.clone()));
+            }
             projects.insert(project.name.clone(), project);
         }
         Ok(Config {
@@ -289,6 +295,10 @@ impl Checker<'_> {
         let file = |k: &str, value| self.secret_file(base, &key(k), value);
         let env_file = file("env_file", raw.env_file)?;
         let (notify, notify_on) = self.notification(&table, raw.notify, raw.notify_on)?;
+        let publish = match raw.publish {
+            Some(p) => Some(self.publish(base, &key("publish"), p)?),
+            None => None,
+        };
         Ok(Project {
             repo: resolve_repo(base, &repo),
             name,
@@ -302,6 +312,7 @@ impl Checker<'_> {
             env_file,
             notify,
             notify_on,
+            publish,
         })
     }
 
@@ -354,6 +365,84 @@ impl Checker<'_> {
             }
         }
         Ok((Some(command), on))
+    }
+
+    /// `publish = { dir, to, keep }`: `dir` a relative path inside the checkout, `to` a folder
+    /// (relative ones against the config folder) that is not the file system's root, `keep` 1
+    /// or more.
+    fn publish(
+        &self,
+        base: &Path,
+        key: &str,
+        raw: Spanned<RawPublish>,
+    ) -> Result<Publish, ConfigError> {
+        let at = raw.span().start;
+        let raw = raw.into_inner();
+        let sub = |k: &str| format!("{key}.{k}");
+        let required = |value: Option<Spanned<String>>, k: &str, example: &str| match value {
+            None => Err(self.error(
+                &sub(k),
+                at,
+                format!("missing; publish needs `{k}`, for example {k} = \"{example}\""),
+            )),
+            Some(v) if v.get_ref().trim().is_empty() => {
+                Err(self.error(&sub(k), v.span().start, "must not be empty"))
+            }
+            Some(v) => Ok((v.span().start, PathBuf::from(v.into_inner()))),
+        };
+        let (dir_at, dir) = required(raw.dir, "dir", "public")?;
+        let inside = dir.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if !inside {
+            return Err(self.error(
+                &sub("dir"),
+                dir_at,
+                "must be a folder inside the checkout: a relative path without `..`",
+            ));
+        }
+        let (to_at, to) = required(raw.to, "to", "/srv/www/site")?;
+        let to = base.join(to);
+        if to.parent().is_none() {
+            return Err(self.error(
+                &sub("to"),
+                to_at,
+                "must be a folder of its own, not the root of the file system",
+            ));
+        }
+        let keep = self
+            .whole(&sub("keep"), raw.keep, |n| n >= 1, "must be at least 1")?
+            .map_or(DEFAULT_PUBLISH_KEEP, Whole::count);
+        Ok(Publish { dir, to, keep })
+    }
+
+    /// Refuses a publish target that another project publishes to, or one inside the other:
+    /// their releases would be pruned and switched by each other.
+    fn distinct_target(
+        &self,
+        project: &str,
+        publish: &Publish,
+        at: usize,
+        earlier: &[(PathBuf, String)],
+    ) -> Result<(), ConfigError> {
+        for (to, other) in earlier {
+            if publish.to.starts_with(to) || to.starts_with(&publish.to) {
+                return Err(self.error(
+                    &format!("projects.{project}.publish.to"),
+                    at,
+                    format!(
+                        "`{}` overlaps `projects.{other}.publish.to` = `{}`; each project \
+                         needs a publish folder of its own",
+                        publish.to.display(),
+                        to.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A key, credential or env file: resolved against the config folder, and refused unless

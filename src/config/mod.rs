@@ -42,6 +42,7 @@ const MIN_MAX_LOG_BYTES: u64 = 1024;
 const DEFAULT_TIMEOUT_SECS: u64 = 900;
 const MAX_DEBOUNCE_SECS: u64 = 86_400;
 const MAX_PROJECT_NAME: usize = 64;
+const DEFAULT_PUBLISH_KEEP: usize = 5;
 
 /// The whole daemon configuration, checked and with paths resolved.
 #[derive(Clone, Debug)]
@@ -86,6 +87,20 @@ pub struct Project {
     pub notify: Option<String>,
     /// The end states that notify (`["ERROR"]` unless given).
     pub notify_on: NotifyOn,
+    /// Where a successful build's output is published (`publish`), if anywhere.
+    pub publish: Option<Publish>,
+}
+
+/// `publish = { dir, to, keep }`: after a successful build, `dir` of the checkout becomes
+/// `to/releases/{job}` and `to/current` points at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    /// The build's output folder, relative to the checkout, without `..`.
+    pub dir: PathBuf,
+    /// The target folder (absolute): `releases/`, `current` and the lock file live here.
+    pub to: PathBuf,
+    /// Releases kept (at least 1); the one `current` points to is never removed.
+    pub keep: usize,
 }
 
 impl Project {

@@ -42,6 +42,17 @@ pub(super) struct RawProject {
     pub(super) env_file: Option<Spanned<String>>,
     pub(super) notify: Option<Spanned<String>>,
     pub(super) notify_on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) publish: Option<Spanned<RawPublish>>,
+}
+
+/// A project's `publish = { dir, to, keep }` as written; `dir` and `to` are required, which
+/// the checker enforces so that the error names the key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPublish {
+    pub(super) dir: Option<Spanned<String>>,
+    pub(super) to: Option<Spanned<String>>,
+    pub(super) keep: Option<Spanned<Whole>>,
 }
 
 /// A whole number (0 or more) in the file. Its own deserializer so that a wrong value is

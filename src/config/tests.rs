@@ -367,3 +367,82 @@ fn notify_runs_on_error_unless_told_and_its_states_are_checked() {
     let err = parse_str(&format!("{MINIMAL}notify = \"x\"\nnotify_on = []\n")).unwrap_err();
     assert!(err.message.contains("at least one"), "{err}");
 }
+
+#[test]
+fn publish_resolves_its_target_and_defaults_keep() {
+    let c = parse_str(&format!(
+        "{MINIMAL}publish = {{ dir = \"public\", to = \"www\" }}\n"
+    ))
+    .unwrap();
+    let p = c.projects["site"].publish.clone().unwrap();
+    assert_eq!(p.dir, PathBuf::from("public"));
+    assert_eq!(p.to, PathBuf::from("/etc/dh/www"));
+    assert_eq!(p.keep, 5);
+    assert!(parse_str(MINIMAL).unwrap().projects["site"]
+        .publish
+        .is_none());
+}
+
+#[test]
+fn publish_errors_name_line_and_key() {
+    let cases = [
+        (
+            "publish = { to = \"/srv/w\" }",
+            "projects.site.publish.dir",
+            "missing",
+        ),
+        (
+            "publish = { dir = \"p\" }",
+            "projects.site.publish.to",
+            "missing",
+        ),
+        (
+            "publish = { dir = \"../x\", to = \"/srv/w\" }",
+            "projects.site.publish.dir",
+            "without `..`",
+        ),
+        (
+            "publish = { dir = \"/abs\", to = \"/srv/w\" }",
+            "projects.site.publish.dir",
+            "relative",
+        ),
+        (
+            "publish = { dir = \"p\", to = \"/\" }",
+            "projects.site.publish.to",
+            "root",
+        ),
+        (
+            "publish = { dir = \"p\", to = \"/srv/w\", keep = 0 }",
+            "projects.site.publish.keep",
+            "at least 1",
+        ),
+        (
+            "publish = { dir = \"p\", to = \"/srv/w\", kept = 3 }",
+            "projects.site.publish.kept",
+            "unknown field",
+        ),
+    ];
+    for (line, key, says) in cases {
+        let err = parse_str(&format!("{MINIMAL}{line}\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some(key), "{line}: {err}");
+        assert_eq!(err.line, Some(4), "{line}: {err}");
+        assert!(err.message.contains(says), "{line}: {err}");
+    }
+}
+
+#[test]
+fn two_projects_may_not_publish_to_one_folder() {
+    let text = format!(
+        "{MINIMAL}publish = {{ dir = \"p\", to = \"/srv/w\" }}\n\
+         [projects.blog]\nrepo = \"b.git\"\nbuild = \"make\"\n\
+         publish = {{ dir = \"p\", to = \"/srv/w/blog\" }}\n"
+    );
+    let err = parse_str(&text).unwrap_err();
+    // Tables are checked in name order: blog first, then site overlaps it.
+    assert_eq!(
+        err.key.as_deref(),
+        Some("projects.site.publish.to"),
+        "{err}"
+    );
+    assert!(err.message.contains("projects.blog.publish.to"), "{err}");
+}

@@ -87,6 +87,7 @@ impl Front {
         let service = Arc::new(Admin {
             journal: core.journal.clone(),
             config: core.config.clone(),
+            metrics: core.metrics.clone(),
         });
         spawn_core("admin", move || service.serve(admin)).map_err(DaemonError::thread("admin"))?;
         Ok(Front {

@@ -93,7 +93,7 @@ fn card(html: &mut String, p: &Summary) {
         "<div class=\"card\" id=\"project-{0}\"><h2>{0}</h2>",
         escape(&p.name)
     );
-    html.push_str("<p>Live: <span class=\"muted\">no published release</span></p>");
+    live(html, p);
     match &p.last_job {
         Some(row) => {
             let j = &row.job;
@@ -121,6 +121,30 @@ fn card(html: &mut String, p: &Summary) {
     }
     chart(html, p);
     html.push_str("</div>\n");
+}
+
+/// The card's line about the live release: its job, commit and since when, and whether it was
+/// rolled back.
+fn live(html: &mut String, p: &Summary) {
+    let Some(l) = &p.live else {
+        html.push_str("<p>Live: <span class=\"muted\">no published release</span></p>");
+        return;
+    };
+    let _ = write!(
+        html,
+        "<p class=\"live\">Live: <a href=\"/job/{id}\"><code>{id}</code></a> since {since}</p>\
+<p>Live commit: <code>{commit}</code></p>",
+        id = escape(&l.job_id),
+        since = utc(l.since),
+        commit = short_commit(l.commit.as_deref()),
+    );
+    if let Some(n) = p.newer_than_live().filter(|n| *n > 0) {
+        let _ = write!(
+            html,
+            "<p><strong>Rolled back:</strong> {n} newer release{} kept</p>",
+            if n == 1 { "" } else { "s" }
+        );
+    }
 }
 
 /// An inline SVG bar chart of the last builds' durations, oldest on the left, coloured by how

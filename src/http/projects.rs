@@ -2,8 +2,12 @@
 //! failed, how many builds in a row have failed, and the durations of its last builds. Read
 //! from the journal on each request (newest jobs first, a bounded number of them), so the view
 //! and the per-project metrics need no state of their own and restarts do not reset them.
+//! For a project that publishes, what is live and which releases are kept are read from its
+//! target folder (`current` and `releases/`), the commit from the live job's row.
 
+use crate::config::Publish;
 use crate::journal::{JobFilter, JobRow, JobState, Journal, ReadError};
+use crate::publish;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
@@ -25,13 +29,50 @@ pub struct Summary {
     pub consecutive_failures: u64,
     /// The last finished builds, newest first: state and seconds.
     pub builds: Vec<(JobState, f64)>,
+    /// The release `current` names, for a project that publishes.
+    pub live: Option<LiveRelease>,
+    /// The releases kept, newest first (empty without `publish`).
+    pub releases: Vec<String>,
 }
 
-pub fn summarize(journal: &Journal, project: &str) -> Result<Summary, ReadError> {
+/// The live release of a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRelease {
+    pub job_id: String,
+    /// The job's commit, while the journal still has the job.
+    pub commit: Option<String>,
+    /// When `current` was switched to it (Unix ms).
+    pub since: u64,
+}
+
+impl Summary {
+    /// Kept releases newer than the live one: more than 0 after a rollback.
+    pub fn newer_than_live(&self) -> Option<usize> {
+        let live = self.live.as_ref()?;
+        Some(self.releases.iter().filter(|r| **r > live.job_id).count())
+    }
+}
+
+pub fn summarize(
+    journal: &Journal,
+    project: &str,
+    publish: Option<&Publish>,
+) -> Result<Summary, ReadError> {
     let mut summary = Summary {
         name: project.to_string(),
         ..Summary::default()
     };
+    if let Some(spec) = publish {
+        // An unreadable target shows as nothing published; the job logs say why.
+        summary.releases = publish::releases(&spec.to).unwrap_or_default();
+        if let Ok(Some(live)) = publish::live(&spec.to) {
+            summary.live = Some(LiveRelease {
+                commit: journal.job(&live.job_id)?.and_then(|r| r.job.commit),
+                job_id: live.job_id,
+                since: live.since,
+            });
+        }
+    }
     let mut filter = JobFilter {
         project: Some(project.to_string()),
         limit: PAGE,
@@ -84,13 +125,16 @@ impl Summary {
         }
     }
 
-    /// The project as `GET /projects` shows it. Publishing is not configured for any
-    /// project yet, so `live` is null and `releases` empty.
+    /// The project as `GET /projects` shows it.
     pub fn to_json(&self) -> Value {
         json!({
             "name": self.name,
-            "live": Value::Null,
-            "releases": [],
+            "live": self.live.as_ref().map(|l| json!({
+                "jobId": l.job_id,
+                "commit": l.commit,
+                "since": l.since,
+            })),
+            "releases": self.releases,
             "lastJob": self.last_job.as_ref().map(|r| json!({
                 "id": r.job.id,
                 "state": r.job.state.as_str(),
@@ -109,7 +153,7 @@ type Gauge = fn(&Summary) -> Option<f64>;
 /// The per-project lines of `/metrics`, in the Prometheus text format.
 pub fn metrics(summaries: &[Summary]) -> String {
     let mut out = String::new();
-    let series: [(&str, &str, Gauge); 3] = [
+    let series: [(&str, &str, Gauge); 5] = [
         (
             "deployhook_project_last_success_timestamp_seconds",
             "When the project's last READY build finished (Unix seconds).",
@@ -124,6 +168,16 @@ pub fn metrics(summaries: &[Summary]) -> String {
             "deployhook_project_consecutive_failures",
             "ERROR builds of the project since its last READY one.",
             |s| Some(s.consecutive_failures as f64),
+        ),
+        (
+            "deployhook_project_live_release_timestamp_seconds",
+            "When current was switched to the project's live release (Unix seconds).",
+            |s| s.live.as_ref().map(|l| l.since as f64 / 1000.0),
+        ),
+        (
+            "deployhook_project_releases_newer_than_live",
+            "Kept releases newer than the live one: above 0 after a rollback.",
+            |s| s.newer_than_live().map(|n| n as f64),
         ),
     ];
     for (name, help, value) in series {

@@ -92,13 +92,17 @@ impl StatusHandler {
 
     /// Every configured project's recent history, in name order.
     fn summaries(&self) -> Result<Vec<projects::Summary>, ApiError> {
-        let names: Vec<String> = {
+        let names: Vec<(String, Option<crate::config::Publish>)> = {
             let config = self.config.read().unwrap_or_else(PoisonError::into_inner);
-            config.projects.keys().cloned().collect()
+            config
+                .projects
+                .values()
+                .map(|p| (p.name.clone(), p.publish.clone()))
+                .collect()
         };
         let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            out.push(projects::summarize(&self.journal, &name)?);
+        for (name, publish) in names {
+            out.push(projects::summarize(&self.journal, &name, publish.as_ref())?);
         }
         Ok(out)
     }
