@@ -28,12 +28,16 @@ fn kill_9_loses_no_acknowledged_job_and_interrupted_builds_start_over() {
     }
     let building = d.trigger(&hooks[0].1);
     d.wait_state(&building, "BUILDING", T);
-    assert!(wait_until(T, || pidfile.exists()));
-    let orphan: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The shell creates the file before it writes the pid: wait for a whole number.
+    let read_pid = || {
+        std::fs::read_to_string(&pidfile)
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    };
+    assert!(wait_until(T, || read_pid().is_some()));
+    let orphan = read_pid().unwrap();
 
     // Concurrent triggers, then kill -9 while they are being answered: as soon as a few have
     // been acknowledged, with most of them still to come.
