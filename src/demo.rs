@@ -1,7 +1,8 @@
 //! `deployhook demo`: a ready-to-try daemon on an example project, with nothing to install but
-//! git. It makes a small git repository whose build "deploys" a page into a folder, writes a
-//! config next to it, starts the daemon, creates a hook, and prints the curl line that
-//! triggers it and where to watch the job.
+//! git. It makes a small git repository whose build renders a page into `public/`, writes a
+//! config next to it (published as releases of a `site` folder, each result noted in a file by
+//! the project's `notify` command), starts the daemon, creates a hook, and prints the curl line
+//! that triggers it, where to watch the job, and how to roll back.
 
 use crate::admin::protocol::{Created, Request};
 use crate::config::{self, Config};
@@ -21,9 +22,9 @@ for step in "fetching dependencies" "rendering pages" "optimising images"; do
   echo "  $step..."
   sleep 1
 done
-mkdir -p "$DEPLOY_DIR"
-cp index.html "$DEPLOY_DIR/index.html"
-echo "deployed to $DEPLOY_DIR"
+mkdir -p public
+cp index.html public/index.html
+echo "built public/; deployhook publishes it next"
 "#;
 
 const INDEX: &str = "<!DOCTYPE html>\n<title>example</title>\n<h1>Hello from deployhook</h1>\n";
@@ -41,7 +42,9 @@ kill_grace_secs = 3
 repo = "example-site"
 build = "sh build.sh"
 timeout_secs = 120
-env = { DEPLOY_DIR = "{deploy}" }
+publish = { dir = "public", to = "{deploy}", keep = 3 }
+notify = '''echo "$DEPLOYHOOK_JOB_STATE $DEPLOYHOOK_PROJECT ${DEPLOYHOOK_COMMIT:-} job $DEPLOYHOOK_JOB_ID" >> "{notes}"'''
+notify_on = ["READY", "ERROR"]
 "#;
 
 /// Why the demo could not run.
@@ -169,23 +172,31 @@ fn prepare(dir: &Path) -> Result<(Config, impl FnOnce() + Send + 'static), DemoE
     } else {
         status
     };
-    let deploy = dir.join("public");
+    let deploy = dir.join("site");
+    let notes = dir.join("notifications.txt");
     let text = CONFIG
         .replace("{listen}", &listen.to_string())
         .replace("{status}", &status.to_string())
-        .replace("{deploy}", &deploy.to_string_lossy());
+        .replace("{deploy}", &deploy.to_string_lossy())
+        .replace("{notes}", &notes.to_string_lossy());
     let config_path = dir.join("deployhook.toml");
     write(&config_path, &text)?;
     let config =
         config::load(&config_path).map_err(|e| DemoError::Daemon(DaemonError::Config(e)))?;
     let socket = config.admin_socket.clone();
     Ok((config, move || {
-        announce(&socket, status, &repo, &deploy, &config_path)
+        announce(&socket, status, &repo, (&deploy, &notes), &config_path)
     }))
 }
 
 /// Waits for the daemon, creates the demo hook and prints how to use it.
-fn announce(socket: &Path, status: SocketAddr, repo: &Path, deploy: &Path, config: &Path) {
+fn announce(
+    socket: &Path,
+    status: SocketAddr,
+    repo: &Path,
+    (deploy, notes): (&Path, &Path),
+    config: &Path,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let req = Request::Create {
         project: "example".into(),
@@ -205,6 +216,7 @@ fn announce(socket: &Path, status: SocketAddr, repo: &Path, deploy: &Path, confi
     };
     let hook = hook.id;
     let (repo, deploy, config) = (repo.display(), deploy.display(), config.display());
+    let notes = notes.display();
     let lines = [
         String::new(),
         "deployhook demo is running (Ctrl-C stops it and deletes its files).".into(),
@@ -220,7 +232,12 @@ fn announce(socket: &Path, status: SocketAddr, repo: &Path, deploy: &Path, confi
         "  Change the site, then trigger again:".into(),
         format!("    cd {repo} && echo '<p>changed</p>' >> index.html && git commit -qam change"),
         String::new(),
-        format!("  The build copies index.html to {deploy}/. Config: {config}"),
+        format!("  Each build is published to {deploy}/releases/JOB_ID/; {deploy}/current is the live one."),
+        "  Roll back to the release before it (no rebuild):".into(),
+        format!("    deployhook rollback example --config {config}"),
+        String::new(),
+        format!("  Each result is also noted in {notes} (the project's notify command)."),
+        format!("  Config: {config}"),
     ];
     println!("{}", lines.join("\n"));
 }

@@ -33,8 +33,8 @@ fn the_demo_prints_a_working_curl_line_and_deploys() {
             curl = Some(url.to_string());
         } else if let Some(url) = t.strip_prefix("dashboard") {
             dashboard = Some(url.trim().to_string());
-        } else if let Some(rest) = t.strip_prefix("The build copies index.html to ") {
-            deploy_dir = Some(rest.split("/. ").next().unwrap().to_string());
+        } else if let Some(rest) = t.strip_prefix("Each build is published to ") {
+            deploy_dir = Some(rest.split("/releases/").next().unwrap().to_string());
         }
     }
     let (curl, dashboard, deploy_dir) = (
@@ -60,8 +60,16 @@ fn the_demo_prints_a_working_curl_line_and_deploys() {
         "the demo job did not deploy: {}",
         http(status, "GET", &format!("/jobs/{job}/log"), &[], b"").text()
     );
-    let page = std::fs::read_to_string(format!("{deploy_dir}/index.html")).unwrap();
+    let page = std::fs::read_to_string(format!("{deploy_dir}/current/index.html")).unwrap();
     assert!(page.contains("Hello from deployhook"));
+    let live = std::fs::read_link(format!("{deploy_dir}/current")).unwrap();
+    assert_eq!(live, std::path::Path::new("releases").join(&job));
+    let demo_dir = std::path::Path::new(&deploy_dir).parent().unwrap();
+    let notes = demo_dir.join("notifications.txt");
+    let noted = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&notes).is_ok_and(|t| t.contains("READY example"))
+    });
+    assert!(noted, "no notification in {}", notes.display());
     assert!(http(status, "GET", "/", &[], b"").text().contains(&job));
 
     Command::new("kill")
@@ -70,6 +78,5 @@ fn the_demo_prints_a_working_curl_line_and_deploys() {
         .unwrap();
     let code = child.wait().unwrap().code();
     assert_eq!(code, Some(0));
-    let demo_dir = std::path::Path::new(&deploy_dir).parent().unwrap();
     assert!(!demo_dir.exists(), "the demo left {}", demo_dir.display());
 }
