@@ -455,3 +455,23 @@ fn a_reload_without_notify_gives_up_what_is_pending_and_says_why() {
     d.wait_state(&next, "READY", T);
     assert_eq!(d.job(&next)["notification"], Value::Null);
 }
+
+#[test]
+fn a_clean_stop_lets_a_running_command_finish_so_it_is_sent_once() {
+    let notify = "sleep 1; echo \"$DEPLOYHOOK_JOB_ID\" >> \"$OUT/sent\"";
+    let (mut s, out) = notifying("nstop", notify, "[\"READY\"]");
+    let id = s.daemon.trigger(&s.path);
+    s.daemon.wait_state(&id, "READY", T);
+    assert!(wait_until(T, || s
+        .daemon
+        .job_log(&id)
+        .contains("notification (READY), attempt 1")));
+    s.daemon.signal("TERM");
+    assert_eq!(s.daemon.wait_exit(T), Some(0), "{}", s.daemon.log_text());
+    assert_eq!(read(&out.join("sent")).trim(), id);
+    s.daemon.restart();
+    let job = wait_notification(&s.daemon, &id, "sent", T);
+    assert_eq!(job["notification"]["attempts"], 1);
+    assert_eq!(metric(&s.daemon, "deployhook_notifications_pending"), 0.0);
+    assert_eq!(read(&out.join("sent")).lines().count(), 1, "sent twice");
+}

@@ -337,7 +337,10 @@ impl Checker<'_> {
                     return Err(self.error(
                         &key("notify_on"),
                         s.span().start,
-                        "needs `notify`, the command to run (for example                          notify = \"curl -fsS -d @- https://ntfy.sh/my-topic\")",
+                        concat!(
+                            "needs `notify`, the command to run (for example ",
+                            "notify = \"curl -fsS -d @- https://ntfy.sh/my-topic\")"
+                        ),
                     ))
                 }
                 None => return Ok((None, NotifyOn::default())),

@@ -362,6 +362,7 @@ fn notify_runs_on_error_unless_told_and_its_states_are_checked() {
         (Some(4), Some("projects.site.notify_on"))
     );
     assert!(err.message.contains("needs `notify`"), "{err}");
+    assert!(!err.message.contains("  "), "{err}");
     let err = parse_str(&format!("{MINIMAL}notify = \" \"\n")).unwrap_err();
     assert_eq!(err.key.as_deref(), Some("projects.site.notify"));
     let err = parse_str(&format!("{MINIMAL}notify = \"x\"\nnotify_on = []\n")).unwrap_err();

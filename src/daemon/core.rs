@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Extra time, past the kill grace, that shutdown waits for build threads.
 pub(super) const SHUTDOWN_SLACK: Duration = Duration::from_millis(1500);
@@ -32,8 +32,11 @@ pub(super) struct Core {
     pub(super) events: Sender<Event>,
     /// Callers holding a long poll on a hook URL; the commit callback answers them.
     pub(super) waiters: Arc<Waiters>,
-    /// Stops the notifier (a running `notify` command runs again after the restart).
+    /// Stops the notifier (a running `notify` command killed at the stop's bound runs again
+    /// after the restart).
     notifier: Arc<notifier::Stop>,
+    /// Never sent on: it reports Disconnected once the notifier thread has ended.
+    notifier_gone: Receiver<()>,
     /// Never sent on: it reports Disconnected once the last build thread has ended.
     builds_gone: Receiver<()>,
     /// Open jobs found at start.
@@ -81,7 +84,12 @@ impl Core {
         let (j, s, m) = (journal.clone(), shared.clone(), metrics.clone());
         spawn_core("pruner", move || prune_forever(&j, &s, &m))
             .map_err(DaemonError::thread("pruner"))?;
-        spawn_core("notifier", move || notifier.run()).map_err(DaemonError::thread("notifier"))?;
+        let (alive, notifier_gone) = crossbeam_channel::bounded::<()>(0);
+        spawn_core("notifier", move || {
+            let _alive = alive;
+            notifier.run()
+        })
+        .map_err(DaemonError::thread("notifier"))?;
         Ok(Core {
             journal,
             config: shared,
@@ -89,6 +97,7 @@ impl Core {
             events,
             waiters,
             notifier: stop_notifier,
+            notifier_gone,
             builds_gone,
             recovered,
         })
@@ -105,11 +114,21 @@ impl Core {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .kill_grace;
-        match self.builds_gone.recv_timeout(grace + SHUTDOWN_SLACK) {
+        let deadline = Instant::now() + grace + SHUTDOWN_SLACK;
+        match self.builds_gone.recv_deadline(deadline) {
             Err(RecvTimeoutError::Disconnected) => {}
             Ok(()) | Err(RecvTimeoutError::Timeout) => {
                 log::warn!("build threads still busy after the kill grace; stopping anyway")
             }
+        }
+        // A running notify command may finish within the same bound; past it, it is stopped
+        // and runs again after the restart.
+        if let Ok(()) | Err(RecvTimeoutError::Timeout) = self.notifier_gone.recv_deadline(deadline)
+        {
+            log::warn!(
+                "a notify command is still running; stopping it (it runs again after the restart)"
+            );
+            self.notifier.kill();
         }
         if let Err(e) = self.journal.submit(Op::Checkpoint) {
             log::warn!(

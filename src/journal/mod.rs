@@ -28,7 +28,7 @@ mod reads;
 mod records;
 mod schema;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod wal;
 mod writer;
 

@@ -20,29 +20,30 @@ use std::time::{Duration, Instant};
 /// How long a `notify` command may run.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether an attempt's outcome reached the journal.
-pub(super) enum Recorded {
-    Yes,
-    /// The journal refused it (the attempt runs again later).
-    No,
-    /// The daemon is stopping; nothing was recorded and the notification stays due.
+/// How an attempt went, to be recorded.
+pub(super) enum Attempted {
+    /// The command ran (or could not, for a reason that is its outcome).
+    Ran(Attempt),
+    /// The daemon is stopping; nothing is to be recorded and the notification stays due.
     Stopped,
+    /// The job could not be read from the journal; nothing ran.
+    Unreadable,
 }
 
-/// Runs the notification of job `job_id` once and records how it went.
+/// Runs the notification of job `job_id` once; the caller records the outcome.
 pub(super) fn attempt(
     journal: &Journal,
     config: &Config,
     job_id: &str,
     control: &Control,
-) -> Recorded {
+) -> Attempted {
     let row = match journal.job(job_id) {
         Ok(Some(row)) => row,
         // Retention keeps a job while its notification is due; a stray outbox row goes.
-        Ok(None) => return record(journal, job_id, give_up("the job no longer exists")),
+        Ok(None) => return Attempted::Ran(give_up("the job no longer exists")),
         Err(e) => {
             log::error!("notification of job={job_id}: {e}");
-            return Recorded::No;
+            return Attempted::Unreadable;
         }
     };
     let attempts = row.job.notification.as_ref().map_or(0, |n| n.attempts) + 1;
@@ -61,7 +62,7 @@ pub(super) fn attempt(
             row.job.project
         );
         say(&log, &format!("notification: {why}"));
-        return record(journal, job_id, give_up(&why));
+        return Attempted::Ran(give_up(&why));
     };
     let outcome = match run(config, project, command, &row, attempts, control, &log) {
         Ok(()) => Attempt::Sent,
@@ -70,7 +71,7 @@ pub(super) fn attempt(
                 &log,
                 "notification stopped by daemon shutdown; it runs again after the restart",
             );
-            return Recorded::Stopped;
+            return Attempted::Stopped;
         }
         Err(Failure::Failed(error)) => {
             let ended = row.job.finished_at.unwrap_or_else(now_ms);
@@ -81,7 +82,7 @@ pub(super) fn attempt(
         }
     };
     report(&log, &row.job, attempts, &outcome);
-    record(journal, job_id, outcome)
+    Attempted::Ran(outcome)
 }
 
 /// Why a run did not succeed.
@@ -217,17 +218,18 @@ fn report(log: &SharedLog, job: &Job, attempts: u32, outcome: &Attempt) {
     }
 }
 
-/// Records the outcome; a refused write leaves the notification due, to run again.
-fn record(journal: &Journal, job_id: &str, attempt: Attempt) -> Recorded {
+/// Records an attempt's outcome; `false` when the journal refused it (the caller keeps the
+/// outcome and tries the record again, without running the command again).
+pub(super) fn record(journal: &Journal, job_id: &str, attempt: &Attempt) -> bool {
     let op = Op::Notified {
         job_id: job_id.to_string(),
-        attempt,
+        attempt: attempt.clone(),
     };
     match journal.submit(op) {
-        Ok(_) => Recorded::Yes,
+        Ok(_) => true,
         Err(e) => {
-            log::error!("notification of job={job_id} not recorded ({e}); it runs again");
-            Recorded::No
+            log::error!("notification of job={job_id} not recorded ({e}); trying the record again");
+            false
         }
     }
 }

@@ -6,7 +6,9 @@
 //! reads the outbox at start, after each commit that may have added to it, and when the next
 //! retry is due. An attempt is recorded only after the command ended, so a crash during it
 //! means it runs again after the restart: delivery is at least once, and exactly once when
-//! nothing crashes.
+//! nothing crashes. Hence also: an outcome the journal refuses (disk full) is kept here and
+//! only its record is tried again, never the command; and a daemon stop lets a running command
+//! finish within the stop's bound before it is killed.
 //!
 //! - `delivery.rs`: one attempt (the command, its input and environment, its log lines);
 //! - `backoff.rs`: when a failed attempt is tried again, and when it is given up.
@@ -17,9 +19,11 @@ mod delivery;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::job::{Control, StopReason};
+use crate::journal::Attempt;
 use crate::journal::{Journal, Outcome};
 use crate::supervise::{self, At};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -29,8 +33,9 @@ const IDLE: Duration = Duration::from_secs(3600);
 /// Pause after the journal could not be read or written, before trying again.
 const JOURNAL_PAUSE: Duration = Duration::from_secs(5);
 
-/// How the daemon stops the notifier: no attempt starts after it, and a running command is
-/// stopped (its notification stays due and runs again after the restart).
+/// How the daemon stops the notifier: [`Stop::stop`] lets no attempt start after it;
+/// [`Stop::kill`] stops a running command too (its notification stays due and runs again
+/// after the restart).
 #[derive(Default)]
 pub struct Stop {
     stopping: AtomicBool,
@@ -40,6 +45,10 @@ pub struct Stop {
 impl Stop {
     pub fn stop(&self) {
         self.stopping.store(true, SeqCst);
+    }
+
+    pub fn kill(&self) {
+        self.stop();
         if let Some(control) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
             control.stop(StopReason::Shutdown);
         }
@@ -94,6 +103,8 @@ pub struct Notifier {
     pub config: Arc<RwLock<Arc<Config>>>,
     pub stop: Arc<Stop>,
     wake: Receiver<()>,
+    /// Outcomes of commands that ran but that the journal refused to record, by job id.
+    unrecorded: HashMap<String, Attempt>,
 }
 
 impl Notifier {
@@ -109,12 +120,13 @@ impl Notifier {
             config,
             stop,
             wake: rx,
+            unrecorded: HashMap::new(),
         };
         (notifier, Wake(tx))
     }
 
     /// The thread: delivers what is due, then sleeps until the next due time or a wake-up.
-    pub fn run(self) {
+    pub fn run(mut self) {
         while !self.stop.stopping() {
             supervise::fault_point(At::Event);
             let pause = match self.journal.outbox() {
@@ -136,31 +148,114 @@ impl Notifier {
 
     /// Runs every notification due now, soonest first; returns how long to sleep before the
     /// next is due, or `None` to read the outbox again at once (something was delivered).
-    fn deliver_due(&self, outbox: Vec<(String, u64)>) -> Option<Duration> {
+    fn deliver_due(&mut self, outbox: Vec<(String, u64)>) -> Option<Duration> {
         let now = now_ms();
         let mut delivered = false;
         for (job_id, due) in outbox {
             if due > now {
-                return match delivered {
-                    true => None,
-                    false => Some(Duration::from_millis(due - now)),
-                };
+                // A clock set back must not put the next look hours away.
+                let wait = Duration::from_millis(due - now).min(IDLE);
+                return (!delivered).then_some(wait);
             }
             if self.stop.stopping() {
                 return None;
             }
-            let config = self
-                .config
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            let control = self.stop.begin();
-            match delivery::attempt(&self.journal, &config, &job_id, &control) {
-                delivery::Recorded::Yes => delivered = true,
-                delivery::Recorded::Stopped => return None,
-                delivery::Recorded::No => return Some(JOURNAL_PAUSE),
+            let attempt = match self.unrecorded.remove(&job_id) {
+                // The command ran already; only its record is missing.
+                Some(attempt) => attempt,
+                None => {
+                    let config = self
+                        .config
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    let control = self.stop.begin();
+                    match delivery::attempt(&self.journal, &config, &job_id, &control) {
+                        delivery::Attempted::Ran(attempt) => attempt,
+                        delivery::Attempted::Stopped => return None,
+                        delivery::Attempted::Unreadable => return Some(JOURNAL_PAUSE),
+                    }
+                }
+            };
+            if !delivery::record(&self.journal, &job_id, &attempt) {
+                self.unrecorded.insert(job_id, attempt);
+                return Some(JOURNAL_PAUSE);
             }
+            delivered = true;
         }
         (!delivered).then_some(IDLE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::testing::{hook, journal, Dir};
+    use crate::journal::{JobState, NotifyOn, Op};
+
+    /// A job of project `site` that ended ERROR, its notification due, in a journal at `dir`
+    /// whose writer has stopped (every write is refused; reads work).
+    fn due_in_a_refusing_journal(dir: &Dir) -> (Journal, String) {
+        let (first, j) = journal();
+        let path = first.path().join("j.redb");
+        hook(&j, "hook_a", "s1");
+        let mut on = NotifyOn::default();
+        on.add("ERROR");
+        let ops = [
+            Op::SetNotifyPolicy {
+                projects: vec![("site".into(), on)],
+            },
+            crate::journal::testing::trigger_op("s1", "J1"),
+            Op::Start {
+                job_id: "J1".into(),
+                now: 1,
+            },
+            Op::Finish {
+                job_id: "J1".into(),
+                state: JobState::Error,
+                exit_code: Some(1),
+                error: None,
+                now: 2,
+            },
+            Op::Checkpoint,
+        ];
+        for op in ops {
+            j.submit(op).unwrap();
+        }
+        drop(j);
+        // The old writer ends once its last handle is gone; copy the file it left.
+        let copy = dir.path().join("j.redb");
+        let ok = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            std::fs::copy(&path, &copy).is_ok() && Journal::open(&copy).is_ok()
+        });
+        assert!(ok);
+        let (j, writer) = Journal::open(&copy).unwrap();
+        drop(writer);
+        (j, "J1".into())
+    }
+
+    #[test]
+    fn an_outcome_the_journal_refuses_is_kept_and_the_command_is_not_run_again() {
+        let dir = Dir::new();
+        let (j, id) = due_in_a_refusing_journal(&dir);
+        let runs = dir.path().join("runs");
+        let text = format!(
+            "state_dir = {:?}\n[projects.site]\nrepo = \"/r\"\nbuild = \"true\"\nnotify = \"echo run >> {}\"\n",
+            dir.path().join("state"),
+            runs.display()
+        );
+        let config = crate::config::parse(&dir.path().join("c.toml"), &text).unwrap();
+        std::fs::create_dir_all(config.logs_dir()).unwrap();
+        let shared = Arc::new(RwLock::new(Arc::new(config)));
+        let (mut notifier, _wake) = Notifier::new(j.clone(), shared, Arc::default());
+        for _ in 0..3 {
+            let outbox = j.outbox().unwrap();
+            assert_eq!(outbox.len(), 1);
+            assert_eq!(notifier.deliver_due(outbox), Some(JOURNAL_PAUSE));
+        }
+        let ran = std::fs::read_to_string(&runs).unwrap();
+        assert_eq!(ran.lines().count(), 1, "the command ran again: {ran}");
+        assert!(matches!(notifier.unrecorded.get(&id), Some(Attempt::Sent)));
     }
 }
