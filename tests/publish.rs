@@ -133,10 +133,10 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
         d.job_log(&j2)
     );
 
-    // keep = 2: a third release removes the first.
+    // keep = 2: a third release removes the first, once its READY is in the journal.
     let j3 = d.trigger(&s.path);
     d.wait_state(&j3, "READY", T);
-    assert!(!to.join("releases").join(&j1).exists());
+    assert!(wait_until(T, || !to.join("releases").join(&j1).exists()));
     assert!(
         d.job_log(&j3).contains("3 files hard-linked"),
         "{}",
@@ -183,6 +183,13 @@ fn releases_link_unchanged_files_keep_is_honoured_and_rollback_steps_back() {
     assert_eq!(out.status.code(), Some(1));
     let why = stderr(&out);
     assert!(why.contains("was removed") && why.contains(&j3), "{why}");
+    let out = d.cli(&["rollback", "site", &j2]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already the live one"),
+        "{}",
+        stderr(&out)
+    );
 
     // What is live is read from the folder and the journal: a restart changes nothing.
     s.daemon.kill9();

@@ -5,6 +5,7 @@
 
 use super::protocol::RolledBack;
 use super::{Admin, AdminError};
+use crate::journal::JobState;
 use crate::publish;
 use crate::secret;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,7 +29,8 @@ impl Admin {
         let Some(target) = &spec.publish else {
             return Err(AdminError::NotPublished { project });
         };
-        match publish::rollback(target, job.as_deref()) {
+        let ready = |id: &str| matches!(self.journal.job(id), Ok(Some(row)) if row.job.state == JobState::Ready);
+        match publish::rollback(target, job.as_deref(), &ready) {
             Ok(done) => {
                 self.metrics.rollbacks.fetch_add(1, Relaxed);
                 log::info!(

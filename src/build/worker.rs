@@ -176,6 +176,14 @@ fn record_verdict(
     };
     match record(ctx, finish, control) {
         Some(Outcome::Finished(_)) => {
+            // READY is in the journal: releases past `keep` may go now.
+            if let Some(line) = v
+                .published
+                .as_ref()
+                .and_then(|(spec, _)| publish::settle(spec))
+            {
+                say(log, &line);
+            }
             ctx.metrics.build_duration.observe(elapsed);
             log::info!(
                 "job={} hook={} {} in {elapsed:.2} s",

@@ -95,25 +95,36 @@ pub(super) fn sync_folder(dir: &Path) -> io::Result<()> {
 }
 
 /// The release a rollback goes to: `job`'s, or without one the newest kept release older than
-/// the live one.
-pub(super) fn rollback_choice(to: &Path, job: Option<&str>) -> Result<String, RollbackError> {
-    let kept = releases(to).map_err(|cause| RollbackError::Io {
+/// the live one; of the releases of jobs that ended READY (`ready`), never the live one.
+pub(super) fn rollback_choice(
+    to: &Path,
+    job: Option<&str>,
+    ready: &dyn Fn(&str) -> bool,
+) -> Result<String, RollbackError> {
+    let all = releases(to).map_err(|cause| RollbackError::Io {
         path: to.join(RELEASES),
         cause,
     })?;
-    if let Some(job) = job {
-        return match kept.iter().any(|k| k == job) {
-            true => Ok(job.to_string()),
-            false => Err(RollbackError::ReleaseGone {
-                job: job.to_string(),
-                kept,
-            }),
-        };
-    }
     let live = live(to).map_err(|cause| RollbackError::Io {
         path: to.join(CURRENT),
         cause,
     })?;
+    let live_id = live.as_ref().map(|l| l.job_id.as_str());
+    let (kept, not_ready): (Vec<String>, Vec<String>) = all
+        .into_iter()
+        .partition(|k| Some(k.as_str()) == live_id || ready(k));
+    if let Some(job) = job {
+        let job = job.to_string();
+        return if Some(job.as_str()) == live_id {
+            Err(RollbackError::AlreadyLive { job })
+        } else if kept.contains(&job) {
+            Ok(job)
+        } else if not_ready.contains(&job) {
+            Err(RollbackError::NotReady { job, kept })
+        } else {
+            Err(RollbackError::ReleaseGone { job, kept })
+        };
+    }
     let Some(live) = live else {
         return Err(RollbackError::NothingLive { kept });
     };
@@ -129,11 +140,12 @@ pub(super) fn rollback_choice(to: &Path, job: Option<&str>) -> Result<String, Ro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::testing::Dir;
 
     #[test]
     fn a_switch_replaces_the_link_and_live_reads_it_back() {
-        let to = std::env::temp_dir().join(format!("dh-current-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&to);
+        let guard = Dir::new();
+        let to = guard.path().to_path_buf();
         let (a, b) = ("0000001aaaaaaaaaaaaa", "0000002bbbbbbbbbbbbb");
         for job in [a, b] {
             fs::create_dir_all(to.join(RELEASES).join(job)).unwrap();
@@ -148,15 +160,30 @@ mod tests {
             Path::new("releases").join(b)
         );
         assert_eq!(releases(&to).unwrap(), [b, a]);
-        assert_eq!(rollback_choice(&to, None).unwrap(), a);
+        assert_eq!(rollback_choice(&to, None, &|_| true).unwrap(), a);
         switch(&to, a).unwrap();
         assert!(matches!(
-            rollback_choice(&to, None),
+            rollback_choice(&to, None, &|_| true),
             Err(RollbackError::NoOlderRelease { .. })
         ));
         assert!(matches!(
-            rollback_choice(&to, Some("0000003ccccccccccccc")),
+            rollback_choice(&to, Some("0000003ccccccccccccc"), &|_| true),
             Err(RollbackError::ReleaseGone { .. })
+        ));
+        // The live release is no place to go; a job that did not end READY neither.
+        assert!(matches!(
+            rollback_choice(&to, Some(a), &|_| true),
+            Err(RollbackError::AlreadyLive { .. })
+        ));
+        switch(&to, b).unwrap();
+        let only_b_ready = |job: &str| job == b;
+        assert!(matches!(
+            rollback_choice(&to, Some(a), &only_b_ready),
+            Err(RollbackError::NotReady { .. })
+        ));
+        assert!(matches!(
+            rollback_choice(&to, None, &only_b_ready),
+            Err(RollbackError::NoOlderRelease { .. })
         ));
         let leftovers = fs::read_dir(&to)
             .unwrap()
@@ -169,6 +196,5 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
-        fs::remove_dir_all(&to).unwrap();
     }
 }

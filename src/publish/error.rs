@@ -99,6 +99,11 @@ pub enum RollbackError {
     NoOlderRelease { live: String, kept: Vec<String> },
     /// The job's release was pruned (or never published).
     ReleaseGone { job: String, kept: Vec<String> },
+    /// The job's release is there, but the job did not end READY (a crash came between its
+    /// publish and its READY, and it was canceled afterwards).
+    NotReady { job: String, kept: Vec<String> },
+    /// The job's release is the live one already.
+    AlreadyLive { job: String },
     /// The target folder could not be read, locked or switched.
     Io { path: PathBuf, cause: io::Error },
 }
@@ -131,6 +136,18 @@ impl fmt::Display for RollbackError {
                  published; kept releases, newest first: {}",
                 listing(kept)
             ),
+            RollbackError::NotReady { job, kept } => write!(
+                f,
+                "job {job} did not end READY, so its release is not one to go back to; kept \
+                 releases of READY jobs, newest first: {}",
+                listing(kept)
+            ),
+            RollbackError::AlreadyLive { job } => {
+                write!(
+                    f,
+                    "the release of job {job} is already the live one; nothing to do"
+                )
+            }
             RollbackError::Io { path, cause } => {
                 write!(f, "cannot roll back at {}: {cause}", path.display())
             }

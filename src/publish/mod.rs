@@ -203,18 +203,6 @@ pub fn publish(
         ));
     }
     say(&format!("publish: current -> releases/{job_id}"));
-    match prune::beyond_keep(to, spec.keep) {
-        Ok(removed) if removed.is_empty() => {}
-        Ok(removed) => say(&format!(
-            "publish: removed {} old releases (publish.keep = {}): {}",
-            removed.len(),
-            spec.keep,
-            removed.join(", ")
-        )),
-        Err(e) => say(&format!(
-            "publish: could not remove old releases ({e}); they are removed after the next publish"
-        )),
-    }
     Ok(Published {
         job_id: job_id.to_string(),
         previous,
@@ -278,25 +266,57 @@ fn describe(stats: &CopyStats, previous: Option<&str>) -> String {
     line
 }
 
+/// Once the job's READY is in the journal: removes the releases past `keep`, oldest first,
+/// never the live one. Not before READY, so that [`undo`] still finds the release it would go
+/// back to. Returns the line for the job log, if any.
+pub fn settle(spec: &Publish) -> Option<String> {
+    let to = spec.to.as_path();
+    let removed = lock(to).and_then(|_lock| prune::beyond_keep(to, spec.keep));
+    match removed {
+        Ok(removed) if removed.is_empty() => None,
+        Ok(removed) => Some(format!(
+            "publish: removed {} old releases (publish.keep = {}): {}",
+            removed.len(),
+            spec.keep,
+            removed.join(", ")
+        )),
+        Err(e) => Some(format!(
+            "publish: could not remove old releases ({e}); they are removed after the next publish"
+        )),
+    }
+}
+
 /// Puts `current` back where it was before `published` switched it, when the journal refused
-/// the job's READY (it had been canceled meanwhile): a job that did not end READY is never
-/// left live. Returns what it did, for the job log.
+/// the job's READY (it had been canceled meanwhile): a job that did not end READY is not left
+/// live, and its release is retired (renamed to a partial copy, removed by the next publish),
+/// so that no rollback can go to it. Goes to the release live before, else the newest one
+/// older than the job; with none, `current` stays. Returns what it did, for the job log.
 pub fn undo(spec: &Publish, published: &Published) -> io::Result<String> {
     let to = spec.to.as_path();
     let _lock = lock(to)?;
-    if live(to)?.map(|l| l.job_id).as_deref() != Some(published.job_id.as_str()) {
+    let job = published.job_id.as_str();
+    if live(to)?.map(|l| l.job_id).as_deref() != Some(job) {
         return Ok("current had moved on already".into());
     }
-    let Some(previous) = published
+    let kept = releases(to)?;
+    let back = published
         .previous
         .as_deref()
-        .filter(|p| to.join(RELEASES).join(p).is_dir())
-    else {
+        .filter(|p| *p != job && kept.iter().any(|k| k == p))
+        .or_else(|| kept.iter().map(String::as_str).find(|k| *k < job));
+    let Some(back) = back else {
         return Ok("no earlier release to go back to; current stays".into());
     };
-    // The job's release stays until pruned: a reader may have opened it a moment ago.
-    current::switch(to, previous)?;
-    Ok(format!("current -> releases/{previous} again"))
+    current::switch(to, back)?;
+    // A reader that opened the release a moment ago keeps what it opened through the rename.
+    let releases_dir = to.join(RELEASES);
+    fs::rename(
+        releases_dir.join(job),
+        releases_dir.join(format!(".{job}.partial")),
+    )?;
+    Ok(format!(
+        "current -> releases/{back} again; the job's release is retired"
+    ))
 }
 
 /// A rollback that switched `current`.
@@ -309,8 +329,13 @@ pub struct RolledBack {
 }
 
 /// Points `current` at `job`'s release, or without one at the newest kept release older than
-/// the live one.
-pub fn rollback(spec: &Publish, job: Option<&str>) -> Result<RolledBack, RollbackError> {
+/// the live one. Only releases of jobs that ended READY (`ready` says which) are candidates: a
+/// crash can leave the release of a job that never did.
+pub fn rollback(
+    spec: &Publish,
+    job: Option<&str>,
+    ready: &dyn Fn(&str) -> bool,
+) -> Result<RolledBack, RollbackError> {
     let to = spec.to.as_path();
     let io_error = |path: PathBuf| move |cause| RollbackError::Io { path, cause };
     // Nothing was ever published here: refuse without making the folders.
@@ -321,16 +346,15 @@ pub fn rollback(spec: &Publish, job: Option<&str>) -> Result<RolledBack, Rollbac
     let from = live(to)
         .map_err(io_error(to.join(CURRENT)))?
         .map(|l| l.job_id);
-    let target = current::rollback_choice(to, job)?;
-    if from.as_deref() != Some(target.as_str()) {
-        current::switch(to, &target).map_err(io_error(to.join(CURRENT)))?;
-    }
+    let target = current::rollback_choice(to, job, ready)?;
+    current::switch(to, &target).map_err(io_error(to.join(CURRENT)))?;
     Ok(RolledBack { from, to: target })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::testing::Dir;
 
     /// A job nobody stops.
     struct Running;
@@ -359,13 +383,13 @@ mod tests {
         }
     }
 
-    fn scratch(tag: &str) -> (PathBuf, Publish) {
-        let dir = std::env::temp_dir().join(format!("dh-publish-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("checkout/public")).unwrap();
+    /// A folder with `checkout/public`, and a publish spec to `www` in it.
+    fn scratch() -> (Dir, Publish) {
+        let dir = Dir::new();
+        fs::create_dir_all(dir.path().join("checkout/public")).unwrap();
         let spec = Publish {
             dir: "public".into(),
-            to: dir.join("www"),
+            to: dir.path().join("www"),
             keep: 5,
         };
         (dir, spec)
@@ -376,7 +400,8 @@ mod tests {
 
     #[test]
     fn a_job_published_again_replaces_its_live_release_in_one_step() {
-        let (dir, spec) = scratch("again");
+        let (guard, spec) = scratch();
+        let dir = guard.path();
         let checkout = dir.join("checkout");
         let page = |text: &str| fs::write(checkout.join("public/index.html"), text).unwrap();
         page("first attempt");
@@ -407,7 +432,36 @@ mod tests {
         };
         undo(&spec, &published).unwrap();
         assert_eq!(live(&spec.to).unwrap().unwrap().job_id, J1);
-        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(releases(&spec.to).unwrap(), [J1], "J2's release is retired");
+    }
+
+    #[test]
+    fn pruning_waits_for_ready_so_a_canceled_publish_finds_its_way_back() {
+        let (guard, mut spec) = scratch();
+        spec.keep = 1;
+        let checkout = guard.path().join("checkout");
+        let quiet = &mut |_: &str| {};
+        publish(J1, &checkout, &spec, &Running, quiet).unwrap();
+        assert_eq!(
+            settle(&spec),
+            None,
+            "one release, keep = 1: nothing to remove"
+        );
+        let j2 = publish(J2, &checkout, &spec, &Running, quiet).unwrap();
+        // J2 is live and J1 still kept: J2's READY is not in the journal yet.
+        assert_eq!(releases(&spec.to).unwrap(), [J2, J1]);
+        // The journal canceled J2 instead: current goes back to J1, and J2 can never be
+        // rolled back to.
+        let said = undo(&spec, &j2).unwrap();
+        assert!(said.contains("retired"), "{said}");
+        assert_eq!(live(&spec.to).unwrap().unwrap().job_id, J1);
+        assert_eq!(releases(&spec.to).unwrap(), [J1]);
+        // Had J2 ended READY, settling would have removed J1.
+        let j3 = "0000003ccccccccccccc";
+        publish(j3, &checkout, &spec, &Running, quiet).unwrap();
+        let line = settle(&spec).unwrap();
+        assert!(line.contains("removed 1 old releases"), "{line}");
+        assert_eq!(releases(&spec.to).unwrap(), [j3]);
     }
 
     /// A job whose copy halts at its first look at the stop switch until let go.
@@ -435,7 +489,8 @@ mod tests {
 
     #[test]
     fn a_rollback_does_not_wait_for_a_copy() {
-        let (dir, spec) = scratch("nowait");
+        let (guard, spec) = scratch();
+        let dir = guard.path();
         let checkout = dir.join("checkout");
         fs::write(checkout.join("public/index.html"), "site").unwrap();
         let quiet = &mut |_: &str| {};
@@ -454,7 +509,7 @@ mod tests {
             // for the copy, it would answer only once the copy is let go: a failure, no hang.)
             let (tx, rx) = std::sync::mpsc::channel();
             let spec = &spec;
-            scope.spawn(move || tx.send(rollback(spec, None)));
+            scope.spawn(move || tx.send(rollback(spec, None, &|_| true)));
             let back = rx.recv_timeout(std::time::Duration::from_secs(30));
             gate.let_go.wait();
             let back = back.expect("the rollback waited for the copy").unwrap();
@@ -463,12 +518,12 @@ mod tests {
             assert_eq!(published.previous.as_deref(), Some(J1));
         });
         assert_eq!(live(&spec.to).unwrap().unwrap().job_id, j3);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_whole_checkout_is_published_without_its_git_folder() {
-        let (dir, mut spec) = scratch("whole");
+        let (guard, mut spec) = scratch();
+        let dir = guard.path();
         let checkout = dir.join("checkout");
         fs::create_dir_all(checkout.join(".git/objects")).unwrap();
         fs::write(checkout.join("index.html"), "site").unwrap();
@@ -478,16 +533,15 @@ mod tests {
         assert!(release.join("index.html").is_file());
         assert!(release.join("public").is_dir());
         assert!(!release.join(".git").exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_missing_output_folder_is_named() {
-        let (dir, mut spec) = scratch("missing");
+        let (guard, mut spec) = scratch();
+        let dir = guard.path();
         spec.dir = "dist".into();
         let err = publish(J1, &dir.join("checkout"), &spec, &Running, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("no folder `dist`"), "{err}");
         assert!(live(&spec.to).unwrap().is_none());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -81,11 +81,12 @@ fn open_up(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::testing::Dir;
 
     #[test]
     fn keeps_the_newest_and_the_live_one() {
-        let to = std::env::temp_dir().join(format!("dh-prune-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&to);
+        let guard = Dir::new();
+        let to = guard.path().to_path_buf();
         let jobs: Vec<String> = (1..=6).map(|i| format!("000000{i}aaaaaaaaaaaaa")).collect();
         for job in &jobs {
             fs::create_dir_all(to.join(RELEASES).join(job)).unwrap();
@@ -103,6 +104,5 @@ mod tests {
             current::releases(&to).unwrap(),
             [jobs[5].clone(), jobs[4].clone(), jobs[0].clone()]
         );
-        fs::remove_dir_all(&to).unwrap();
     }
 }

@@ -281,13 +281,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("dh-release-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::journal::testing::Dir;
 
     fn write(root: &Path, rel: &str, text: &str, mode: u32) {
         let path = root.join(rel);
@@ -302,7 +296,8 @@ mod tests {
 
     #[test]
     fn unchanged_files_are_links_and_everything_else_a_copy() {
-        let dir = scratch("links");
+        let guard = Dir::new();
+        let dir = guard.path();
         let (src, one, two) = (dir.join("src"), dir.join("one"), dir.join("two"));
         write(&src, "same.txt", "same", 0o644);
         write(&src, "sub/changed.txt", "old", 0o644);
@@ -342,24 +337,24 @@ mod tests {
             Path::new("/etc/passwd")
         );
         assert!(fs::symlink_metadata(two.join("link")).unwrap().is_symlink());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_stop_ends_the_copy() {
-        let dir = scratch("stop");
+        let guard = Dir::new();
+        let dir = guard.path();
         let src = dir.join("src");
         for i in 0..200 {
             write(&src, &format!("f{i}"), "x", 0o644);
         }
         let err = copy_release(&src, &dir.join("dst"), None, &[], &|| true).unwrap_err();
         assert!(matches!(err, CopyError::Stopped), "{err:?}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn long_files_are_compared_to_the_end() {
-        let dir = scratch("long");
+        let guard = Dir::new();
+        let dir = guard.path();
         let (a, b) = (dir.join("a"), dir.join("b"));
         let mut text = vec![b'x'; COMPARE_CHUNK * 2 + 10];
         fs::write(&a, &text).unwrap();
@@ -368,6 +363,5 @@ mod tests {
         let mut buffers = (vec![0; COMPARE_CHUNK], vec![0; COMPARE_CHUNK]);
         assert!(!same_content(&a, &b, &mut buffers).unwrap());
         assert!(same_content(&a, &a, &mut buffers).unwrap());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
