@@ -144,6 +144,20 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Gives a child about to be spawned the file mode creation mask `mask`; the daemon's own
+/// stays as it is.
+pub fn set_child_umask(cmd: &mut std::process::Command, mask: u32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls umask,
+    // which is async-signal-safe, allocates nothing and cannot fail.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask as libc::mode_t);
+            Ok(())
+        });
+    }
+}
+
 /// Raises the soft open-file limit to the hard one, so that the connection limits, not the
 /// default 1024 descriptors, decide how many clients are served.
 pub fn raise_nofile_limit() {

@@ -441,3 +441,33 @@ fn a_reader_never_sees_a_torn_release_while_the_daemon_is_killed() {
          {replaced} live releases of interrupted jobs replaced"
     );
 }
+
+#[test]
+fn a_release_is_readable_by_the_web_server_under_the_units_umask() {
+    // The unit runs the daemon with UMask=0077; a site committed to the repository (checked out
+    // by git) and files the build writes must still reach the release readable by others.
+    let dir = TempDir::new("pumask");
+    let to = dir.path().join("www");
+    let repo = Repo::new(
+        dir.path(),
+        "repo",
+        &[("public/index.html", "<h1>committed</h1>")],
+    );
+    let mut spec = ProjectSpec::new("site", &repo.path, "echo built > public/built.txt");
+    spec.extra = publish_line(&to, 3);
+    let config = write_config(dir.path(), "", &[spec]);
+    let d = Daemon::start_with_umask(&config, 0o077);
+    let (_, path) = d.create_hook("site", "main");
+    let id = d.trigger(&path);
+    d.wait_state(&id, "READY", T);
+    let release = to.join("releases").join(&id);
+    let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(release.join("index.html")), 0o644, "committed file");
+    assert_eq!(
+        mode(release.join("built.txt")),
+        0o644,
+        "file the build wrote"
+    );
+    assert_eq!(mode(release.clone()), 0o755, "release folder");
+    assert_eq!(mode(to.join("releases")), 0o755);
+}

@@ -39,6 +39,8 @@ pub(super) struct Steps<'a> {
     pub env: &'a [(String, String)],
     /// How git reaches the repository (key, known hosts, credentials).
     pub access: &'a GitAccess,
+    /// The file mode creation mask of each step, if not the daemon's.
+    pub umask: Option<u32>,
 }
 
 impl Steps<'_> {
@@ -62,6 +64,9 @@ impl Steps<'_> {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("DEPLOYHOOK_JOB_ID", self.job_id)
             .current_dir(cwd);
+        if let Some(mask) = self.umask {
+            crate::sys::set_child_umask(&mut cmd, mask);
+        }
         run_step(
             cmd,
             Stdio::null(),

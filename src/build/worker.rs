@@ -26,6 +26,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// The file mode creation mask of a publishing project's checkout and build: what they write
+/// is readable by the web server that serves the release (the daemon's own mask, 0077 under
+/// the systemd unit, would make every file of a committed site 0600). A build that wants
+/// less begins with its own `umask`.
+const PUBLISH_UMASK: u32 = 0o022;
 /// How long a build thread keeps retrying a journal write that fails (disk full) before it
 /// gives up; a job whose outcome could not be written is retried after the next restart.
 const RECORD_PATIENCE: Duration = Duration::from_secs(600);
@@ -294,6 +299,7 @@ fn build_in(
         grace,
         env: &base_env,
         access: &access,
+        umask: project.publish.as_ref().map(|_| PUBLISH_UMASK),
     };
     match checkout(config, project, job, dir, &steps) {
         Ok(()) => {}
@@ -334,6 +340,9 @@ fn build_in(
         .env("DEPLOYHOOK_BRANCH", &job.branch)
         .env("DEPLOYHOOK_COMMIT", &commit)
         .current_dir(dir);
+    if project.publish.is_some() {
+        crate::sys::set_child_umask(&mut build, PUBLISH_UMASK);
+    }
     let step = run_step(build, Stdio::null(), log, control, &job.id, deadline, grace);
     match step {
         Step::Exited(status) => {

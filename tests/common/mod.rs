@@ -218,23 +218,35 @@ pub struct Daemon {
     /// Where stderr goes instead of a pipe read by this process (benchmarks: a pipe reader
     /// would compete with the daemon for the CPU).
     log_file: Option<PathBuf>,
+    /// The daemon's file mode creation mask, if not this process's (the systemd unit's 0077).
+    pub umask: Option<u32>,
 }
 
 impl Daemon {
+    /// A daemon started with the file mode creation mask `mask`, as `UMask=` would give it.
+    pub fn start_with_umask(config: &Path, mask: u32) -> Daemon {
+        Daemon::start_inner(config, &[], None, Some(mask))
+    }
+
     pub fn start(config: &Path) -> Daemon {
         Daemon::start_with_env(config, &[])
     }
 
     /// A daemon whose stderr goes to `daemon.log` beside its config, read only on demand.
     pub fn start_logging_to_file(config: &Path) -> Daemon {
-        Daemon::start_inner(config, &[], Some(config.with_file_name("daemon.log")))
+        Daemon::start_inner(config, &[], Some(config.with_file_name("daemon.log")), None)
     }
 
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_inner(config, env, None)
+        Daemon::start_inner(config, env, None, None)
     }
 
-    fn start_inner(config: &Path, env: &[(&str, &str)], log_file: Option<PathBuf>) -> Daemon {
+    fn start_inner(
+        config: &Path,
+        env: &[(&str, &str)],
+        log_file: Option<PathBuf>,
+        umask: Option<u32>,
+    ) -> Daemon {
         let mut d = Daemon {
             config: config.to_path_buf(),
             dir: config.parent().unwrap().to_path_buf(),
@@ -247,6 +259,7 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             log_file,
+            umask,
         };
         d.spawn();
         d
@@ -260,6 +273,16 @@ impl Daemon {
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let child = if let Some(path) = &self.log_file {
             let file = std::fs::OpenOptions::new()
