@@ -1,12 +1,13 @@
 //! Core threads, and what their death means.
 //!
 //! Each core thread of the daemon (`journal-writer`, `scheduler`, `build-N`, `pruner`,
-//! `notifier`, `admin`, `watchdog`, `http-public`, `http-status`) carries a part of the service that no other thread
-//! does: if one ends while the daemon is not stopping, the process still looks alive but no
-//! longer works (triggers refused, jobs never started). [`spawn_core`] makes such a death fatal.
-//! It logs `thread NAME died (panic: MSG)` or `thread NAME ended unexpectedly`, stops the
-//! watchdog pings ([`healthy`] turns false), and wakes the main thread, which stops the daemon
-//! as at SIGTERM and exits with status [`EXIT_SOFTWARE`], so that systemd restarts it.
+//! `notifier`, `admin`, `watchdog`, `http-public`, `http-status`) carries a part of the service
+//! that no other thread does: if one ends while the daemon is not stopping, the process still
+//! looks alive but no longer works (triggers refused, jobs never started). [`spawn_core`]
+//! makes such a death fatal. It logs `thread NAME died (panic: MSG)` or `thread NAME ended
+//! unexpectedly`, stops the watchdog pings ([`healthy`] turns false), and wakes the main
+//! thread, which stops the daemon as at SIGTERM and exits with status [`EXIT_SOFTWARE`], so
+//! that systemd restarts it.
 //!
 //! Why the main thread and not `process::exit` in the dying thread: the orderly stop is the
 //! path SIGTERM takes every day. It stops the listeners, stops running builds within the kill

@@ -447,7 +447,8 @@ fn a_release_is_readable_by_the_web_server_under_the_units_umask() {
     // The unit runs the daemon with UMask=0077; a site committed to the repository (checked out
     // by git) and files the build writes must still reach the release readable by others.
     let dir = TempDir::new("pumask");
-    let to = dir.path().join("www");
+    // Two levels that do not exist yet: both are made for the web server to pass through.
+    let to = dir.path().join("srv/www");
     let repo = Repo::new(
         dir.path(),
         "repo",
@@ -470,4 +471,6 @@ fn a_release_is_readable_by_the_web_server_under_the_units_umask() {
     );
     assert_eq!(mode(release.clone()), 0o755, "release folder");
     assert_eq!(mode(to.join("releases")), 0o755);
+    assert_eq!(mode(to.clone()), 0o755);
+    assert_eq!(mode(dir.path().join("srv")), 0o755);
 }

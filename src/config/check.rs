@@ -206,12 +206,14 @@ impl Checker<'_> {
                 message: "no project is configured; add a [projects.NAME] table".into(),
             });
         }
+        let state_dir = base.join(raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
         let mut projects = BTreeMap::new();
         let mut targets: Vec<(PathBuf, String)> = Vec::new();
         for (name, p) in raw.projects {
             let publish_at = p.publish.as_ref().map(|v| v.span().start);
             let project = self.project(&base, name, p)?;
             if let (Some(publish), Some(at)) = (&project.publish, publish_at) {
+                self.apart_from_state(&project.name, publish, at, &state_dir)?;
                 self.distinct_target(&project.name, publish, at, &targets)?;
                 targets.push((publish.to.clone(), project.name.clone()));
             }
@@ -226,7 +228,7 @@ impl Checker<'_> {
                     .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into()),
             ),
             admin_group,
-            state_dir: base.join(raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
+            state_dir,
             public_url,
             workers,
             kill_grace: Duration::from_secs(kill_grace_secs),
@@ -424,6 +426,30 @@ impl Checker<'_> {
 
     /// Refuses a publish target that another project publishes to, or one inside the other:
     /// their releases would be pruned and switched by each other.
+    /// A publish folder apart from `state_dir`: the web server must not serve the journal or
+    /// the builds, and a release must not land where the janitor removes build folders.
+    fn apart_from_state(
+        &self,
+        project: &str,
+        publish: &Publish,
+        at: usize,
+        state_dir: &Path,
+    ) -> Result<(), ConfigError> {
+        if publish.to.starts_with(state_dir) || state_dir.starts_with(&publish.to) {
+            return Err(self.error(
+                &format!("projects.{project}.publish.to"),
+                at,
+                format!(
+                    "`{}` overlaps state_dir `{}`, which holds deployhook's journal and builds; \
+                     choose a folder outside it, such as /srv/www/{project}",
+                    publish.to.display(),
+                    state_dir.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn distinct_target(
         &self,
         project: &str,

@@ -447,3 +447,19 @@ fn two_projects_may_not_publish_to_one_folder() {
     );
     assert!(err.message.contains("projects.blog.publish.to"), "{err}");
 }
+
+#[test]
+fn a_publish_folder_must_be_apart_from_the_state_folder() {
+    for to in ["/var/lib/deployhook/www", "/var/lib", "/var/lib/deployhook"] {
+        let text = format!("{MINIMAL}publish = {{ dir = \"p\", to = \"{to}\" }}\n");
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("projects.site.publish.to")),
+            "{to}: {err}"
+        );
+        assert!(err.message.contains("overlaps state_dir"), "{err}");
+    }
+    let ok = format!("{MINIMAL}publish = {{ dir = \"p\", to = \"/srv/www/site\" }}\n");
+    assert!(parse_str(&ok).is_ok());
+}

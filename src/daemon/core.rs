@@ -1,6 +1,6 @@
 //! The daemon's core: the journal and its writer, recovery, the scheduler, the build pool, the
-//! pruner, the notifier and the janitor; started before the front (so open jobs reach the scheduler before
-//! the first trigger can) and stopped after it.
+//! pruner, the notifier and the janitor; started before the front (so open jobs reach the
+//! scheduler before the first trigger can) and stopped after it.
 
 use super::error::DaemonError;
 use crate::build::{self, Context};

@@ -1,6 +1,7 @@
 //! Read queries: a job, the hooks, the open jobs, counts per state, the notification outbox,
-//! and filtered listings ([`JobFilter`]). Each runs in its own read transaction, so readers never block the writer
-//! and always see whole batches; a failure is a [`ReadError`] naming the query.
+//! and filtered listings ([`JobFilter`]). Each runs in its own read transaction, so readers
+//! never block the writer and always see whole batches; a failure is a [`ReadError`] naming
+//! the query.
 
 use super::error::{JournalError, ReadError};
 use super::records::{Hook, JobRow, JobState};

@@ -68,14 +68,21 @@ fn lock(to: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Makes `to` (mode 0755) and `to/releases` (`to`'s mode) where they are missing. The modes are
-/// set outright, not left to the daemon's umask (0077 under the systemd unit), so that the web
-/// server can enter the folders: `to`'s mode is the operator's choice for it.
+/// Makes `to` and the folders above it that are missing (mode 0755) and `to/releases` (`to`'s
+/// mode). The modes are set outright, not left to the daemon's umask (0077 under the systemd
+/// unit), so that the web server can enter the folders: `to`'s mode is the operator's choice.
 fn make_folders(to: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if !to.is_dir() {
+        let missing: Vec<PathBuf> = to
+            .ancestors()
+            .take_while(|dir| !dir.exists())
+            .map(Path::to_path_buf)
+            .collect();
         fs::create_dir_all(to)?;
-        fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
+        for dir in missing.iter().rev() {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+        }
     }
     let releases = to.join(RELEASES);
     if !releases.is_dir() {
