@@ -81,17 +81,26 @@ impl Verdict {
     }
 }
 
-/// A publish stops with its job: the job's stop switch is the publish's gate.
-impl publish::Gate for Control {
+/// A publish stops with its job: the job's stop switch is the publish's gate, and the job's
+/// `timeout_secs` covers the publish too (past it the job is stopped as timed out).
+struct PublishGate<'a> {
+    control: &'a Control,
+    deadline: Instant,
+}
+
+impl publish::Gate for PublishGate<'_> {
     fn stopped(&self) -> bool {
-        self.reason().is_some()
+        if Instant::now() >= self.deadline {
+            self.control.stop(StopReason::Timeout);
+        }
+        self.control.reason().is_some()
     }
 
     fn unless_stopped(
         &self,
         switch: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Option<std::io::Result<()>> {
-        Control::unless_stopped(self, switch)
+        self.control.unless_stopped(switch)
     }
 }
 
@@ -357,7 +366,7 @@ fn build_in(
             }
             let published = match &project.publish {
                 None => None,
-                Some(spec) => match publish_output(spec, job, control, dir, log) {
+                Some(spec) => match publish_output(spec, job, (control, deadline), dir, log) {
                     Ok(published) => Some((spec.clone(), published)),
                     Err(PublishError::Stopped) => {
                         return control.reason().and_then(|r| stopped(r, project))
@@ -386,7 +395,7 @@ fn build_in(
 fn publish_output(
     spec: &Publish,
     job: &QueuedJob,
-    control: &Control,
+    (control, deadline): (&Control, Instant),
     dir: &Path,
     log: &SharedLog,
 ) -> Result<Published, PublishError> {
@@ -400,7 +409,8 @@ fn publish_output(
         ),
     );
     let started = Instant::now();
-    let result = publish::publish(&job.id, dir, spec, control, &mut |line| say(log, line));
+    let gate = PublishGate { control, deadline };
+    let result = publish::publish(&job.id, dir, spec, &gate, &mut |line| say(log, line));
     match &result {
         Ok(_) => {
             say(
@@ -437,4 +447,31 @@ pub(crate) fn base_env(config: &Config) -> Vec<(String, String)> {
         ),
         ("LANG".into(), get("LANG", "C.UTF-8")),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Gate;
+
+    #[test]
+    fn a_publish_past_the_jobs_deadline_stops_as_a_timeout() {
+        let control = Control::default();
+        let running = PublishGate {
+            control: &control,
+            deadline: Instant::now() + Duration::from_secs(60),
+        };
+        assert!(!running.stopped());
+        assert_eq!(control.reason(), None);
+        let late = PublishGate {
+            control: &control,
+            deadline: Instant::now(),
+        };
+        assert!(late.stopped());
+        assert_eq!(control.reason(), Some(StopReason::Timeout));
+        assert!(
+            late.unless_stopped(&mut || Ok(())).is_none(),
+            "no switch after it"
+        );
+    }
 }
