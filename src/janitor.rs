@@ -1,5 +1,5 @@
-//! The janitor thread: removes finished build directories, stale build trees of a previous run
-//! and pruned job logs, off the critical path of builds and triggers.
+//! The janitor thread: removes finished build directories, stale build trees of a previous run,
+//! pruned job logs and retired releases, off the critical path of builds and triggers.
 //!
 //! Deleting a tree while a checkout writes another slows that checkout several times over on
 //! some file systems, so the janitor holds off while any [`hold_off`] guard lives (checkouts
@@ -35,10 +35,17 @@ fn wait_until_clear() {
     }
 }
 
-/// Removes a tree entry by entry, holding off whenever asked; links are not followed.
+/// Removes a tree entry by entry, holding off whenever asked; links are not followed. A folder
+/// a build made read-only (a Go module cache, a copied release) is given back its owner's
+/// rights first.
 fn remove_tree(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::symlink_metadata(path)?;
     if meta.is_dir() {
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o700))?;
+        }
         for (i, entry) in std::fs::read_dir(path)?.enumerate() {
             if i % 64 == 0 {
                 wait_until_clear();

@@ -475,3 +475,42 @@ fn a_clean_stop_lets_a_running_command_finish_so_it_is_sent_once() {
     assert_eq!(metric(&s.daemon, "deployhook_notifications_pending"), 0.0);
     assert_eq!(read(&out.join("sent")).lines().count(), 1, "sent twice");
 }
+
+#[test]
+fn stopping_a_canceled_build_leaves_its_notification_and_its_log_whole() {
+    let dir = TempDir::new("ncancel");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let notify = "sleep 0.5; echo \"$DEPLOYHOOK_JOB_ID\" >> \"$OUT/sent\"";
+    let lines = format!(
+        "env = {{ OUT = {} }}\nnotify = {}\nnotify_on = [\"CANCELED\"]",
+        toml_str(&out.to_string_lossy()),
+        toml_str(notify)
+    );
+    // The build ignores SIGTERM, so that its stop takes the kill grace and ends with the
+    // search for the job's escaped processes, while the notification runs.
+    let build = "trap '' TERM; sleep 30";
+    let s = setup_project(dir, build, &[("a", "1")], "", &lines, Daemon::start);
+    let d = &s.daemon;
+    let id = d.trigger(&s.path);
+    d.wait_state(&id, "BUILDING", T);
+    let out_cli = d.cli(&["jobs", "cancel", &id]);
+    assert!(out_cli.status.success(), "{out_cli:?}");
+    let job = wait_notification(d, &id, "sent", T);
+    assert_eq!(
+        job["notification"],
+        serde_json::json!({"state": "sent", "attempts": 1, "lastError": null}),
+        "the build's stop killed the notify command"
+    );
+    assert_eq!(read(&out.join("sent")).trim(), id);
+    // Both threads wrote to the job's log; neither overwrote the other.
+    assert!(wait_until(T, || d
+        .job_log(&id)
+        .contains("[deployhook] CANCELED after")));
+    let log = d.job_log(&id);
+    assert!(
+        log.contains("[deployhook] notification (CANCELED), attempt 1: $ sh -c"),
+        "{log}"
+    );
+    assert!(log.contains("[deployhook] notification sent\n"), "{log}");
+}

@@ -28,14 +28,18 @@ pub(crate) type SharedLog = Arc<Mutex<Log>>;
 
 impl Log {
     /// Opens the log; `append` for a restarted attempt, which keeps what the earlier one wrote.
-    /// A log that cannot be opened is warned about once and then drops everything.
+    /// A log that cannot be opened is warned about once and then drops everything. Every
+    /// write goes to the end of the file (O_APPEND), so lines of the notifier, which writes to
+    /// the same log while the build thread may still, never overwrite each other.
     pub(crate) fn open(path: &Path, cap: u64, append: bool) -> Log {
         let file = OpenOptions::new()
             .create(true)
-            .append(append)
-            .write(true)
-            .truncate(!append)
-            .open(path);
+            .append(true)
+            .open(path)
+            .and_then(|f| match append {
+                true => Ok(f),
+                false => f.set_len(0).map(|()| f),
+            });
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {
@@ -79,11 +83,19 @@ impl Log {
         self.masker = masker;
     }
 
-    /// The end of a command's output: its last line, even without a newline.
+    /// The end of a command's output: its last line, even without a newline (one is added, so
+    /// that the next line of the log starts on a line of its own).
     pub(super) fn end_of_output(&mut self) {
         let mut masker = std::mem::take(&mut self.masker);
-        masker.finish(|line| self.masked_output(line));
+        let mut unended = false;
+        masker.finish(|line| {
+            unended = !line.is_empty() && !line.ends_with(b"\n");
+            self.masked_output(line)
+        });
         self.masker = masker;
+        if unended && !self.truncated {
+            self.raw(b"\n");
+        }
     }
 
     /// Masked output, up to the cap.

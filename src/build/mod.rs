@@ -18,6 +18,6 @@ mod worker;
 
 pub(crate) use job_log::{mask, say, Log, SharedLog};
 pub use process::reap_orphans;
-pub(crate) use process::{describe, run_step, Step};
+pub(crate) use process::{describe, run_step, Step, NOTIFICATION_MARK};
 pub(crate) use worker::base_env;
 pub use worker::{worker, Context};

@@ -18,6 +18,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
+/// Set in a notify command's environment. A notify command carries its job's
+/// `DEPLOYHOOK_JOB_ID` too, and may run while the job's build is being stopped (a CANCELED
+/// notification): the mark keeps the build's stop from killing it, and the reverse.
+pub(crate) const NOTIFICATION_MARK: &str = "DEPLOYHOOK_NOTIFICATION";
+
 /// How often a build thread looks at its child, its deadline and its stop flag.
 const POLL: Duration = Duration::from_millis(5);
 /// How long to wait for a log pipe to close after its processes are gone (a process that
@@ -51,6 +56,7 @@ pub(crate) fn run_step(
     deadline: Instant,
     grace: Duration,
 ) -> Step {
+    let notification = cmd.get_envs().any(|(name, _)| name == NOTIFICATION_MARK);
     let (reader, writer) = match io::pipe() {
         Ok(p) => p,
         Err(e) => return Step::SpawnFailed(e),
@@ -73,17 +79,21 @@ pub(crate) fn run_step(
     let pump = start_pump(reader, log.clone());
     let pgid = child.id() as i32;
     control.attach(pgid);
+    let ours = Ours {
+        job_id,
+        notification,
+    };
 
     let result = loop {
         if let Some(reason) = control.reason() {
-            terminate(&mut child, pgid, job_id, grace);
+            terminate(&mut child, pgid, &ours, grace);
             break Step::Stopped(reason);
         }
         match child.try_wait() {
             Ok(Some(status)) => break Step::Exited(status),
             Ok(None) => {}
             Err(e) => {
-                terminate(&mut child, pgid, job_id, grace);
+                terminate(&mut child, pgid, &ours, grace);
                 break Step::SpawnFailed(e);
             }
         }
@@ -99,7 +109,7 @@ pub(crate) fn run_step(
             "the command left processes running in its group; stopping them",
         );
         let _ = sys::signal_group(pgid, Signal::Term);
-        terminate(&mut child, pgid, job_id, grace);
+        terminate(&mut child, pgid, &ours, grace);
     }
     control.detach();
     let _ = pump.recv_timeout(PIPE_DRAIN);
@@ -135,9 +145,16 @@ fn start_pump(mut reader: io::PipeReader, log: SharedLog) -> Receiver<()> {
     done_rx
 }
 
+/// The processes a step may leave behind: those carrying its job's id, of its kind (a build's
+/// or a notification's).
+struct Ours<'a> {
+    job_id: &'a str,
+    notification: bool,
+}
+
 /// After SIGTERM (already sent): wait for the whole group to be gone, up to `grace`; then
-/// SIGKILL the group and every process carrying this job's id.
-fn terminate(child: &mut Child, pgid: i32, job_id: &str, grace: Duration) {
+/// SIGKILL the group and every process of ours that left it.
+fn terminate(child: &mut Child, pgid: i32, ours: &Ours, grace: Duration) {
     let _ = sys::signal_group(pgid, Signal::Term);
     let t0 = Instant::now();
     let mut reaped = false;
@@ -146,20 +163,27 @@ fn terminate(child: &mut Child, pgid: i32, job_id: &str, grace: Duration) {
             reaped = matches!(child.try_wait(), Ok(Some(_)));
         }
         if reaped && !sys::group_exists(pgid) {
-            kill_by_job_id(job_id);
+            kill_by_job_id(ours);
             return;
         }
         std::thread::sleep(POLL);
     }
     let _ = sys::signal_group(pgid, Signal::Kill);
-    kill_by_job_id(job_id);
+    kill_by_job_id(ours);
     let _ = child.wait();
 }
 
-/// SIGKILLs every process whose environment carries this job's id (they escaped the group).
-pub fn kill_by_job_id(job_id: &str) {
-    for pid in sys::processes_with_env("DEPLOYHOOK_JOB_ID", job_id) {
-        sys::signal_process(pid, Signal::Kill);
+/// SIGKILLs every process whose environment carries this job's id and is of our kind (they
+/// escaped the group).
+fn kill_by_job_id(ours: &Ours) {
+    let marked: Vec<i32> = sys::processes_with_env_var(NOTIFICATION_MARK)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    for pid in sys::processes_with_env("DEPLOYHOOK_JOB_ID", ours.job_id) {
+        if marked.contains(&pid) == ours.notification {
+            sys::signal_process(pid, Signal::Kill);
+        }
     }
 }
 

@@ -191,12 +191,12 @@ fn record_verdict(
     match record(ctx, finish, control) {
         Some(Outcome::Finished(_)) => {
             // READY is in the journal: releases past `keep` may go now.
-            if let Some(line) = v
-                .published
-                .as_ref()
-                .and_then(|(spec, _)| publish::settle(spec))
-            {
-                say(log, &line);
+            if let Some((spec, _)) = &v.published {
+                let janitor = &ctx.janitor;
+                let mut delete = |path| drop(janitor.send(path));
+                if let Some(line) = publish::settle(spec, &mut delete) {
+                    say(log, &line);
+                }
             }
             ctx.metrics.build_duration.observe(elapsed);
             log::info!(

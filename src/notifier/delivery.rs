@@ -5,7 +5,9 @@
 //! outcome to the journal.
 
 use super::backoff;
-use crate::build::{base_env, describe, mask, run_step, say, Log, SharedLog, Step};
+use crate::build::{
+    base_env, describe, mask, run_step, say, Log, SharedLog, Step, NOTIFICATION_MARK,
+};
 use crate::clock::now_ms;
 use crate::config::{Config, Project};
 use crate::job::{Control, StopReason};
@@ -126,6 +128,7 @@ fn run(
         .envs(&project.env)
         .envs(secrets)
         .envs(job_variables(row))
+        .env(NOTIFICATION_MARK, "1")
         .current_dir(&config.state_dir);
     let deadline = Instant::now() + TIMEOUT;
     match run_step(

@@ -251,14 +251,16 @@ fn output_folder(checkout: &Path, dir: &Path, to: &Path) -> Result<PathBuf, Publ
 
 /// The job log's line about a copy.
 fn describe(stats: &CopyStats, previous: Option<&str>) -> String {
-    let count = |n: usize, what: &str| match n {
-        1 => format!("1 {what}"),
-        n => format!("{n} {what}s"),
+    let count = plural;
+    let linked = match previous {
+        Some(release) => format!(
+            "{} hard-linked to release {release} (unchanged)",
+            count(stats.linked, "file")
+        ),
+        None => "no earlier release to link to".to_string(),
     };
     let mut line = format!(
-        "publish: {} hard-linked to release {} (unchanged), {} copied ({} bytes), {}, {}",
-        count(stats.linked, "file"),
-        previous.unwrap_or("(none)"),
+        "publish: {linked}, {} copied ({} bytes), {}, {}",
         count(stats.copied, "file"),
         stats.bytes_copied,
         count(stats.folders, "folder"),
@@ -273,23 +275,39 @@ fn describe(stats: &CopyStats, previous: Option<&str>) -> String {
     line
 }
 
-/// Once the job's READY is in the journal: removes the releases past `keep`, oldest first,
+/// Once the job's READY is in the journal: retires the releases past `keep`, oldest first,
 /// never the live one. Not before READY, so that [`undo`] still finds the release it would go
-/// back to. Returns the line for the job log, if any.
-pub fn settle(spec: &Publish) -> Option<String> {
+/// back to. Each is renamed out of `releases/` at once; `delete` is handed the folders to
+/// delete (in the background: a big release takes seconds, which no build should wait for).
+/// Returns the line for the job log, if any.
+pub fn settle(spec: &Publish, delete: &mut dyn FnMut(PathBuf)) -> Option<String> {
     let to = spec.to.as_path();
-    let removed = lock(to).and_then(|_lock| prune::beyond_keep(to, spec.keep));
-    match removed {
-        Ok(removed) if removed.is_empty() => None,
-        Ok(removed) => Some(format!(
-            "publish: removed {} old releases (publish.keep = {}): {}",
-            removed.len(),
-            spec.keep,
-            removed.join(", ")
-        )),
+    let retired = lock(to).and_then(|_lock| prune::beyond_keep(to, spec.keep));
+    match retired {
+        Ok(retired) if retired.is_empty() => None,
+        Ok(retired) => {
+            let ids: Vec<String> = retired.iter().map(|(job, _)| job.clone()).collect();
+            for (_, path) in retired {
+                delete(path);
+            }
+            Some(format!(
+                "publish: removing {} (publish.keep = {}): {}",
+                plural(ids.len(), "old release"),
+                spec.keep,
+                ids.join(", ")
+            ))
+        }
         Err(e) => Some(format!(
             "publish: could not remove old releases ({e}); they are removed after the next publish"
         )),
+    }
+}
+
+/// `n thing` or `n things`.
+fn plural(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
     }
 }
 
@@ -449,8 +467,10 @@ mod tests {
         let checkout = guard.path().join("checkout");
         let quiet = &mut |_: &str| {};
         publish(J1, &checkout, &spec, &Running, quiet).unwrap();
+        let mut deleted = Vec::new();
+        let mut delete = |path: PathBuf| deleted.push(path);
         assert_eq!(
-            settle(&spec),
+            settle(&spec, &mut delete),
             None,
             "one release, keep = 1: nothing to remove"
         );
@@ -466,9 +486,10 @@ mod tests {
         // Had J2 ended READY, settling would have removed J1.
         let j3 = "0000003ccccccccccccc";
         publish(j3, &checkout, &spec, &Running, quiet).unwrap();
-        let line = settle(&spec).unwrap();
-        assert!(line.contains("removed 1 old releases"), "{line}");
+        let line = settle(&spec, &mut delete).unwrap();
+        assert!(line.contains("removing 1 old release "), "{line}");
         assert_eq!(releases(&spec.to).unwrap(), [j3]);
+        assert_eq!(deleted, [spec.to.join(format!(".removed-{J1}"))]);
     }
 
     /// A job whose copy halts at its first look at the stop switch until let go.

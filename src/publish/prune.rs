@@ -5,7 +5,7 @@
 use super::{current, CURRENT, RELEASES};
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Removes partial release copies and temporary links a crash or a stop left, but `ours`, the
 /// copy being published; returns how many it found.
@@ -29,24 +29,34 @@ pub(super) fn leftovers(to: &Path, ours: &Path) -> io::Result<usize> {
         if name.starts_with(&temp_link) && name.ends_with(".tmp") {
             fs::remove_file(entry.path())?;
             found += 1;
+        } else if name.starts_with(RETIRED) {
+            // Retired, and not deleted before a crash or a stop.
+            remove_any(&entry.path())?;
+            found += 1;
         }
     }
     Ok(found)
 }
 
-/// Removes the releases past the newest `keep`, oldest first, sparing the one `current` names
-/// wherever it is; returns the removed job ids.
-pub(super) fn beyond_keep(to: &Path, keep: usize) -> io::Result<Vec<String>> {
+/// The prefix of a release retired by [`beyond_keep`], in `to`, until it is deleted.
+pub(super) const RETIRED: &str = ".removed-";
+
+/// Retires the releases past the newest `keep`, oldest first, sparing the one `current` names
+/// wherever it is: each is renamed to `to/.removed-{job}` (one step: it is no release any
+/// more), for the caller to delete off the build's path. Returns the job ids and the paths.
+pub(super) fn beyond_keep(to: &Path, keep: usize) -> io::Result<Vec<(String, PathBuf)>> {
     let live = current::live(to)?.map(|l| l.job_id);
-    let mut removed = Vec::new();
+    let mut retired = Vec::new();
     for job in current::releases(to)?.into_iter().skip(keep).rev() {
         if live.as_deref() == Some(job.as_str()) {
             continue;
         }
-        remove_any(&to.join(RELEASES).join(&job))?;
-        removed.push(job);
+        let gone = to.join(format!("{RETIRED}{job}"));
+        remove_any(&gone)?;
+        fs::rename(to.join(RELEASES).join(&job), &gone)?;
+        retired.push((job, gone));
     }
-    Ok(removed)
+    Ok(retired)
 }
 
 /// Removes a folder tree, first giving back write access to folders a build made read-only
@@ -99,7 +109,18 @@ mod tests {
         assert_eq!(leftovers(&to, &ours).unwrap(), 2);
         assert!(ours.is_dir());
         fs::remove_dir(&ours).unwrap();
-        assert_eq!(beyond_keep(&to, 2).unwrap(), jobs[1..4]);
+        let retired = beyond_keep(&to, 2).unwrap();
+        let ids: Vec<&str> = retired.iter().map(|(job, _)| job.as_str()).collect();
+        assert_eq!(ids, jobs[1..4]);
+        assert!(
+            retired.iter().all(|(_, path)| path.is_dir()),
+            "renamed, not yet deleted"
+        );
+        assert_eq!(
+            leftovers(&to, &ours).unwrap(),
+            3,
+            "what a crash left is removed"
+        );
         assert_eq!(
             current::releases(&to).unwrap(),
             [jobs[5].clone(), jobs[4].clone(), jobs[0].clone()]
