@@ -215,7 +215,9 @@ fn run(command: Command) -> Result<(), Failure> {
             for warning in c.projects.values().flat_map(config::Project::warnings) {
                 eprintln!("{}: warning: {warning}", c.path.display());
             }
-            println!("{}: OK ({} projects)", c.path.display(), c.projects.len());
+            let n = c.projects.len();
+            let projects = if n == 1 { "project" } else { "projects" };
+            println!("{}: OK ({n} {projects})", c.path.display());
             Ok(())
         }
         Command::Hooks { command } => match command {

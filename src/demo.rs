@@ -189,6 +189,13 @@ fn prepare(dir: &Path) -> Result<(Config, impl FnOnce() + Send + 'static), DemoE
     }))
 }
 
+/// This program's path, for command lines to copy (`cargo run` puts no `deployhook` on PATH).
+fn program() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "deployhook".into())
+}
+
 /// Waits for the daemon, creates the demo hook and prints how to use it.
 fn announce(
     socket: &Path,
@@ -234,7 +241,7 @@ fn announce(
         String::new(),
         format!("  Each build is published to {deploy}/releases/JOB_ID/; {deploy}/current is the live one."),
         "  Roll back to the release before it (no rebuild):".into(),
-        format!("    deployhook rollback example --config {config}"),
+        format!("    {} rollback example --config {config}", program()),
         String::new(),
         format!("  Each result is also noted in {notes} (the project's notify command)."),
         format!("  Config: {config}"),

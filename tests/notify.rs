@@ -103,8 +103,9 @@ fn listed_end_states_run_the_command_with_the_job_on_stdin_and_in_its_environmen
 
 #[test]
 fn only_a_recovery_notifies_when_recovered_is_listed() {
-    let notify = "echo \"$DEPLOYHOOK_JOB_ID\" >> \"$OUT/sent\"";
-    let (s, out) = notifying("nrecov", notify, "[\"RECOVERED\"]");
+    let notify = "echo \"$DEPLOYHOOK_JOB_ID\" >> \"$OUT/sent\"; echo \"$DEPLOYHOOK_NOTIFY_EVENT\" > \"$OUT/event\"";
+    // States are names in any case.
+    let (s, out) = notifying("nrecov", notify, "[\"recovered\"]");
     let d = &s.daemon;
     let first = d.trigger(&s.path);
     d.wait_state(&first, "READY", T);
@@ -128,6 +129,7 @@ fn only_a_recovery_notifies_when_recovered_is_listed() {
         fixed,
         "only the recovery notified"
     );
+    assert_eq!(read(&out.join("event")).trim(), "RECOVERED");
 }
 
 #[test]

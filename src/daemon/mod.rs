@@ -243,7 +243,7 @@ fn reload(path: &Path, core: &Core) {
             drop(guard);
             core::set_notify_policy(&core.journal, &running);
             log::info!(
-                "config reloaded from {}: {} projects",
+                "config reloaded from {}: {} project(s)",
                 path.display(),
                 running.projects.len()
             );

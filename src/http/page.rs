@@ -126,6 +126,9 @@ fn card(html: &mut String, p: &Summary) {
 /// The card's line about the live release: its job, commit and since when, and whether it was
 /// rolled back.
 fn live(html: &mut String, p: &Summary) {
+    if !p.publishes {
+        return;
+    }
     let Some(l) = &p.live else {
         html.push_str("<p>Live: <span class=\"muted\">no published release</span></p>");
         return;

@@ -33,6 +33,8 @@ pub struct Summary {
     pub live: Option<LiveRelease>,
     /// The releases kept, newest first (empty without `publish`).
     pub releases: Vec<String>,
+    /// Whether the project has `publish` (its card then says what is live).
+    pub publishes: bool,
 }
 
 /// The live release of a project.
@@ -62,6 +64,7 @@ pub fn summarize(
         name: project.to_string(),
         ..Summary::default()
     };
+    summary.publishes = publish.is_some();
     if let Some(spec) = publish {
         // An unreadable target shows as nothing published; the job logs say why.
         summary.releases = publish::releases(&spec.to).unwrap_or_default();

@@ -116,9 +116,9 @@ impl NotifyOn {
     /// The names `notify_on` accepts.
     pub const NAMES: [&'static str; 4] = ["READY", "ERROR", "CANCELED", "RECOVERED"];
 
-    /// Adds the state named `name`; `false` if it is not one of [`NotifyOn::NAMES`].
+    /// Adds the state named `name` (in any case); `false` if it is not one of [`NotifyOn::NAMES`].
     pub fn add(&mut self, name: &str) -> bool {
-        let flag = match name {
+        let flag = match name.to_ascii_uppercase().as_str() {
             "READY" => &mut self.ready,
             "ERROR" => &mut self.error,
             "CANCELED" => &mut self.canceled,

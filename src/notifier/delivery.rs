@@ -11,7 +11,7 @@ use crate::build::{
 use crate::clock::now_ms;
 use crate::config::{Config, Project};
 use crate::job::{Control, StopReason};
-use crate::journal::{Attempt, Job, JobRow, Journal, Op};
+use crate::journal::{Attempt, Job, JobFilter, JobRow, JobState, Journal, Op};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -64,9 +64,18 @@ pub(super) fn attempt(
             row.job.project
         );
         say(&log, &format!("notification: {why}"));
+        log::warn!("job={job_id} notification: {why}");
         return Attempted::Ran(give_up(&why));
     };
-    let outcome = match run(config, project, command, &row, attempts, control, &log) {
+    let outcome = match run(
+        journal,
+        config,
+        (project, command),
+        &row,
+        attempts,
+        control,
+        &log,
+    ) {
         Ok(()) => Attempt::Sent,
         Err(Failure::Stopped) => {
             say(
@@ -95,9 +104,9 @@ enum Failure {
 
 /// Runs the command once, to its end or its timeout.
 fn run(
+    journal: &Journal,
     config: &Config,
-    project: &Project,
-    command: &str,
+    (project, command): (&Project, &str),
     row: &JobRow,
     attempts: u32,
     control: &Control,
@@ -128,6 +137,7 @@ fn run(
         .envs(&project.env)
         .envs(secrets)
         .envs(job_variables(row))
+        .env("DEPLOYHOOK_NOTIFY_EVENT", event(journal, row))
         .env(NOTIFICATION_MARK, "1")
         .current_dir(&config.state_dir);
     let deadline = Instant::now() + TIMEOUT;
@@ -151,6 +161,29 @@ fn run(
             TIMEOUT.as_secs()
         ))),
         Step::Stopped(_) => Err(Failure::Stopped),
+    }
+}
+
+/// What the notification is about: the job's state, or `RECOVERED` for a READY job whose
+/// hook's previous build (canceled jobs aside) ended in ERROR.
+fn event(journal: &Journal, row: &JobRow) -> &'static str {
+    if row.job.state != JobState::Ready {
+        return row.job.state.as_str();
+    }
+    let earlier = JobFilter {
+        hook: Some(row.job.hook_id.clone()),
+        before: Some(row.seq),
+        limit: 100,
+        ..JobFilter::default()
+    };
+    let previous = journal.list_jobs(&earlier).ok().and_then(|(rows, _)| {
+        rows.into_iter()
+            .map(|r| r.job.state)
+            .find(|s| matches!(s, JobState::Ready | JobState::Error))
+    });
+    match previous {
+        Some(JobState::Error) => "RECOVERED",
+        _ => "READY",
     }
 }
 

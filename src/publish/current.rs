@@ -21,7 +21,8 @@ pub struct Live {
     pub since: u64,
 }
 
-/// What `current` names now, if it is a link to a release.
+/// What `current` names now, if it is a link to a release that is there (a release removed
+/// by hand leaves nothing live).
 pub fn live(to: &Path) -> io::Result<Option<Live>> {
     let link = to.join(CURRENT);
     let target = match fs::read_link(&link) {
@@ -32,6 +33,9 @@ pub fn live(to: &Path) -> io::Result<Option<Live>> {
     let Some(job_id) = release_of(&target) else {
         return Ok(None);
     };
+    if !to.join(&target).is_dir() {
+        return Ok(None);
+    }
     let since = fs::symlink_metadata(&link)?
         .modified()?
         .duration_since(UNIX_EPOCH)
@@ -126,7 +130,11 @@ pub(super) fn rollback_choice(
         };
     }
     let Some(live) = live else {
-        return Err(RollbackError::NothingLive { kept });
+        // Nothing live (a release removed by hand): the newest kept one is the way back.
+        return match kept.first() {
+            Some(newest) => Ok(newest.clone()),
+            None => Err(RollbackError::NothingLive { kept }),
+        };
     };
     match kept.iter().find(|k| **k < live.job_id) {
         Some(older) => Ok(older.clone()),
@@ -185,6 +193,14 @@ mod tests {
             rollback_choice(&to, None, &only_b_ready),
             Err(RollbackError::NoOlderRelease { .. })
         ));
+        // A live release removed by hand: nothing is live, and a rollback goes to the newest
+        // kept one.
+        let c = "0000003ccccccccccccc";
+        fs::create_dir_all(to.join(RELEASES).join(c)).unwrap();
+        switch(&to, c).unwrap();
+        fs::remove_dir(to.join(RELEASES).join(c)).unwrap();
+        assert_eq!(live(&to).unwrap(), None);
+        assert_eq!(rollback_choice(&to, None, &|_| true).unwrap(), b);
         let leftovers = fs::read_dir(&to)
             .unwrap()
             .filter(|e| {
