@@ -37,6 +37,8 @@ pub(super) struct Core {
     notifier: Arc<notifier::Stop>,
     /// Never sent on: it reports Disconnected once the notifier thread has ended.
     notifier_gone: Receiver<()>,
+    /// Wakes the notifier, which may be asleep until its next due time.
+    wake_notifier: notifier::Wake,
     /// Never sent on: it reports Disconnected once the last build thread has ended.
     builds_gone: Receiver<()>,
     /// Open jobs found at start.
@@ -68,7 +70,7 @@ impl Core {
             to_janitor.clone(),
             config.logs_dir(),
             metrics.clone(),
-            (waiters.clone(), wake),
+            (waiters.clone(), wake.clone()),
         );
         start_writer(writer, commit, metrics.clone())?;
         set_notify_policy(&journal, config);
@@ -98,6 +100,7 @@ impl Core {
             waiters,
             notifier: stop_notifier,
             notifier_gone,
+            wake_notifier: wake,
             builds_gone,
             recovered,
         })
@@ -109,6 +112,7 @@ impl Core {
     pub(super) fn stop(self) {
         let _ = self.events.send(Event::Shutdown);
         self.notifier.stop();
+        self.wake_notifier.ring();
         let grace = self
             .config
             .read()

@@ -90,7 +90,8 @@ impl Wake {
         }
     }
 
-    fn ring(&self) {
+    /// Wakes the notifier now (to see a stop, say).
+    pub fn ring(&self) {
         match self.0.try_send(()) {
             Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
         }
