@@ -128,23 +128,20 @@ enum HooksCommand {
         config: ConfigArg,
     },
     /// Trigger a hook as if its URL were called; prints the new job's id (JSON: the 201 body)
-    Trigger {
-        #[arg(value_parser = args::hook_id)]
-        hook_id: String,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Trigger(OneHook),
     /// Give a hook a new secret; prints the new URL once; the old URL is refused at once
-    Rotate {
-        #[arg(value_parser = args::hook_id)]
-        hook_id: String,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Rotate(OneHook),
+}
+
+/// The arguments of a command on one hook that prints what it did.
+#[derive(clap::Args)]
+struct OneHook {
+    #[arg(value_parser = args::hook_id)]
+    hook_id: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Subcommand)]
@@ -237,16 +234,10 @@ fn run(command: Command) -> Result<(), Failure> {
                 };
                 client::hooks_create(&load(&config)?, &new, json)
             }
-            HooksCommand::Trigger {
-                hook_id,
-                json,
-                config,
-            } => client::hooks_trigger(&load(&config)?, &hook_id, json),
-            HooksCommand::Rotate {
-                hook_id,
-                json,
-                config,
-            } => client::hooks_rotate(&load(&config)?, &hook_id, json),
+            HooksCommand::Trigger(h) => {
+                client::hooks_trigger(&load(&h.config)?, &h.hook_id, h.json)
+            }
+            HooksCommand::Rotate(h) => client::hooks_rotate(&load(&h.config)?, &h.hook_id, h.json),
             HooksCommand::List { json, config } => client::hooks_list(&load(&config)?, json),
             HooksCommand::Revoke { hook_id, config } => {
                 client::hooks_revoke(&load(&config)?, &hook_id)

@@ -495,8 +495,9 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    #[test]
-    fn query_values_are_percent_encoded_by_ureq() {
+    /// A status listener that answers one request with `answer`; its thread returns the
+    /// request line it got.
+    fn fake_status(answer: String) -> (String, std::thread::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = std::thread::Builder::new()
@@ -505,12 +506,17 @@ mod tests {
                 let (stream, _) = listener.accept().unwrap();
                 let mut head = String::new();
                 BufReader::new(&stream).read_line(&mut head).unwrap();
-                (&stream)
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .unwrap();
+                (&stream).write_all(answer.as_bytes()).unwrap();
                 head
             })
             .unwrap();
+        (base, server)
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded_by_ureq() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let (base, server) = fake_status(ok.to_string());
         let query = [("project", "a b&c=d/é".to_string()), ("limit", "5".into())];
         get(&base, "/jobs", &query).unwrap();
         assert_eq!(
@@ -521,22 +527,11 @@ mod tests {
 
     #[test]
     fn a_400_from_the_status_listener_is_a_bad_argument() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = std::thread::Builder::new()
-            .name("fake-status".into())
-            .spawn(move || {
-                let (stream, _) = listener.accept().unwrap();
-                let mut head = String::new();
-                BufReader::new(&stream).read_line(&mut head).unwrap();
-                let body = r#"{"error":{"code":"bad_request","message":"limit must be 1 to 500"}}"#;
-                let answer = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                (&stream).write_all(answer.as_bytes()).unwrap();
-            })
-            .unwrap();
+        let body = r#"{"error":{"code":"bad_request","message":"limit must be 1 to 500"}}"#;
+        let (base, server) = fake_status(format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
         let query = JobsQuery {
             hook: None,
             project: None,

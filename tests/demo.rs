@@ -8,27 +8,45 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn the_demo_prints_a_working_curl_line_and_deploys() {
+/// Starts `deployhook demo` and reads what it prints, up to its last line (`Config: …`).
+fn start_demo() -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(BIN)
         .arg("demo")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (mut curl, mut dashboard, mut deploy_dir) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
     let mut line = String::new();
-    while (curl.is_none() || dashboard.is_none() || deploy_dir.is_none())
-        && Instant::now() < deadline
-    {
+    while Instant::now() < deadline {
         line.clear();
         if out.read_line(&mut line).unwrap() == 0 {
             break;
         }
-        let t = line.trim();
+        lines.push(line.trim().to_string());
+        if line.trim().starts_with("Config: ") {
+            break;
+        }
+    }
+    (child, lines)
+}
+
+/// SIGTERM to the demo; its exit status.
+fn stop_demo(mut child: std::process::Child) -> Option<i32> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap().code()
+}
+
+#[test]
+fn the_demo_prints_a_working_curl_line_and_deploys() {
+    let (child, lines) = start_demo();
+    let (mut curl, mut dashboard, mut deploy_dir) = (None, None, None);
+    for t in &lines {
         if let Some(url) = t.strip_prefix("curl -X POST ") {
             curl = Some(url.to_string());
         } else if let Some(url) = t.strip_prefix("dashboard") {
@@ -72,11 +90,49 @@ fn the_demo_prints_a_working_curl_line_and_deploys() {
     assert!(noted, "no notification in {}", notes.display());
     assert!(http(status, "GET", "/", &[], b"").text().contains(&job));
 
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let code = child.wait().unwrap().code();
-    assert_eq!(code, Some(0));
+    assert_eq!(stop_demo(child), Some(0));
     assert!(!demo_dir.exists(), "the demo left {}", demo_dir.display());
+}
+
+#[test]
+fn the_demos_change_command_works_without_a_git_identity() {
+    let (child, lines) = start_demo();
+    let command = lines
+        .iter()
+        .position(|l| l.contains("Change the site, then trigger again:"))
+        .and_then(|i| lines.get(i + 1))
+        .cloned();
+    let command = command.expect("the demo prints how to change the site");
+    let home = TempDir::new("nohome");
+    let git_env = |cmd: &mut Command| {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            // No identity guessed from the host name either, on any machine.
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "user.useConfigOnly")
+            .env("GIT_CONFIG_VALUE_0", "true");
+    };
+    let mut change = Command::new("sh");
+    change.args(["-c", &command]);
+    git_env(&mut change);
+    let done = change.output().unwrap();
+    let repo = command
+        .strip_prefix("cd ")
+        .and_then(|rest| rest.split(" && ").next())
+        .unwrap()
+        .to_string();
+    let mut log = Command::new("git");
+    log.args(["-C", &repo, "log", "-1", "--format=%s"]);
+    git_env(&mut log);
+    let subject = String::from_utf8_lossy(&log.output().unwrap().stdout).into_owned();
+
+    assert_eq!(stop_demo(child), Some(0));
+    assert!(
+        done.status.success(),
+        "`{command}`: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(subject.trim(), "change");
 }

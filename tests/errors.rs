@@ -4,12 +4,11 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 fn id(flag: &str) -> String {
     let out = Command::new("id").arg(flag).output().unwrap();
@@ -388,63 +387,6 @@ fn cli_json_ends_with_one_newline() {
         assert_eq!(text.lines().count(), 1, "{args:?}: {text:?}");
         serde_json::from_str::<serde_json::Value>(&text).unwrap();
     }
-}
-
-#[test]
-fn the_demos_change_command_works_without_a_git_identity() {
-    let mut child = Command::new(BIN)
-        .arg("demo")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut line, mut next_is_it, mut command) = (String::new(), false, None);
-    while command.is_none() && Instant::now() < deadline {
-        line.clear();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if next_is_it {
-            command = Some(line.trim().to_string());
-        }
-        next_is_it = line.contains("Change the site, then trigger again:");
-    }
-    let command = command.expect("the demo prints how to change the site");
-    let home = TempDir::new("nohome");
-    let git_env = |cmd: &mut Command| {
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", home.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            // No identity guessed from the host name either, on any machine.
-            .env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "user.useConfigOnly")
-            .env("GIT_CONFIG_VALUE_0", "true");
-    };
-    let mut change = Command::new("sh");
-    change.args(["-c", &command]);
-    git_env(&mut change);
-    let done = change.output().unwrap();
-    let repo = command
-        .strip_prefix("cd ")
-        .and_then(|rest| rest.split(" && ").next())
-        .unwrap()
-        .to_string();
-    let mut log = Command::new("git");
-    log.args(["-C", &repo, "log", "-1", "--format=%s"]);
-    git_env(&mut log);
-    let subject = String::from_utf8_lossy(&log.output().unwrap().stdout).into_owned();
-
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    assert!(done.status.success(), "`{command}`: {}", stderr(&done));
-    assert_eq!(subject.trim(), "change");
 }
 
 /// Runs `packaging/debian/postinst configure` with every command it calls replaced by a stub

@@ -55,16 +55,7 @@ fn create_says_when_the_repository_cannot_be_asked() {
         )],
     );
     let d = Daemon::start(&config);
-    let out = d.cli(&[
-        "hooks",
-        "create",
-        "--project",
-        "site",
-        "--name",
-        "n",
-        "--branch",
-        "main",
-    ]);
+    let out = d.hooks_create("site", "n", "main", false);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("cannot check the branch in"), "{err}");

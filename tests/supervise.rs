@@ -60,18 +60,20 @@ fn a_journal_writer_panic_ends_the_process() {
     // The writer's first op is the notification policy at start; its second the hook's creation.
     let mut d = Daemon::start_with_env(&config, &[(FAULT, "journal-writer:2")]);
     d.hooks_create("site", "hook", "main", false);
+    assert_died(&mut d, "journal-writer");
+}
+
+/// The daemon exits with [`DIED`], its log naming the thread and its injected panic.
+fn assert_died(d: &mut Daemon, thread: &str) {
     assert_eq!(
         d.wait_exit(Duration::from_secs(15)),
         Some(DIED),
         "{}",
         d.log_text()
     );
-    assert!(
-        d.log_text()
-            .contains("thread journal-writer died (panic: fault injected"),
-        "{}",
-        d.log_text()
-    );
+    let log = d.log_text();
+    let died = format!("thread {thread} died (panic: fault injected by {FAULT}");
+    assert!(log.contains(&died), "{log}");
 }
 
 #[test]
@@ -80,18 +82,7 @@ fn a_listener_or_the_notifier_dying_at_start_ends_the_process() {
         let dir = TempDir::new("listener-panic");
         let config = one_project(&dir, "true");
         let mut d = Daemon::start_with_env(&config, &[(FAULT, thread)]);
-        assert_eq!(
-            d.wait_exit(Duration::from_secs(15)),
-            Some(DIED),
-            "{}",
-            d.log_text()
-        );
-        assert!(
-            d.log_text()
-                .contains(&format!("thread {thread} died (panic: ")),
-            "{}",
-            d.log_text()
-        );
+        assert_died(&mut d, thread);
     }
 }
 

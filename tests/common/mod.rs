@@ -399,7 +399,6 @@ impl Daemon {
             .unwrap()
     }
 
-    /// Creates a hook; returns (hook id, URL path).
     /// `deployhook hooks create` with these fields (and `--json` when asked), as run by a user.
     pub fn hooks_create(
         &self,
@@ -407,6 +406,17 @@ impl Daemon {
         name: &str,
         branch: &str,
         json: bool,
+    ) -> std::process::Output {
+        self.hooks_create_args(project, name, branch, if json { &["--json"] } else { &[] })
+    }
+
+    /// `deployhook hooks create` with these fields and `extra` arguments.
+    fn hooks_create_args(
+        &self,
+        project: &str,
+        name: &str,
+        branch: &str,
+        extra: &[&str],
     ) -> std::process::Output {
         let mut args = vec![
             "hooks",
@@ -418,12 +428,11 @@ impl Daemon {
             "--branch",
             branch,
         ];
-        if json {
-            args.push("--json");
-        }
+        args.extend_from_slice(extra);
         self.cli(&args)
     }
 
+    /// Creates a hook; returns (hook id, URL path).
     pub fn create_hook(&self, project: &str, branch: &str) -> (String, String) {
         self.create_hook_with(project, branch, &[])
     }
@@ -436,19 +445,7 @@ impl Daemon {
 
     fn create_hook_with(&self, project: &str, branch: &str, extra: &[&str]) -> (String, String) {
         let name = format!("{project} {branch}");
-        let mut args = vec![
-            "hooks",
-            "create",
-            "--project",
-            project,
-            "--name",
-            &name,
-            "--branch",
-            branch,
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.cli(&args);
+        let out = self.hooks_create_args(project, &name, branch, &[&["--json"], extra].concat());
         assert!(
             out.status.success(),
             "{}",
