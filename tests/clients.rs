@@ -88,15 +88,7 @@ fn check(client: &str, program: &str, args: &[&str], expected: &str) {
     let url = format!("http://{}{}", s.daemon.public, s.path);
     let got = run(&url, s.dir.path(), program, args);
     assert_eq!(got, expected, "{client}");
-    let jobs = http(
-        s.daemon.status,
-        "GET",
-        &format!("/jobs?hook={}", s.hook),
-        &[],
-        b"",
-    )
-    .json();
-    let made = jobs["jobs"].as_array().unwrap().len();
+    let made = s.daemon.jobs_of(&s.hook);
     assert_eq!(made, expected.matches("201").count(), "{client}: jobs made");
 }
 

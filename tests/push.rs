@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::path::Path;
 
 /// A payload sample with `BRANCH` replaced.
@@ -57,15 +56,7 @@ fn post_to(s: &Setup, path: &str, host: &str, event: &str, body: &[u8]) -> Respo
 }
 
 fn jobs(s: &Setup) -> usize {
-    let v: Value = http(
-        s.daemon.status,
-        "GET",
-        &format!("/jobs?hook={}", s.hook),
-        &[],
-        b"",
-    )
-    .json();
-    v["jobs"].as_array().unwrap().len()
+    s.daemon.jobs_of(&s.hook)
 }
 
 #[test]

@@ -473,6 +473,12 @@ impl Daemon {
         resp.json()["job"].clone()
     }
 
+    /// How many jobs the status listener lists for the hook (at most its default page, 50).
+    pub fn jobs_of(&self, hook: &str) -> usize {
+        let listing = http(self.status, "GET", &format!("/jobs?hook={hook}"), &[], b"");
+        listing.json()["jobs"].as_array().unwrap().len()
+    }
+
     pub fn job_log(&self, id: &str) -> String {
         http(self.status, "GET", &format!("/jobs/{id}/log"), &[], b"").text()
     }
