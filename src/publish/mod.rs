@@ -5,8 +5,11 @@
 //!   so name order is job order. A release is never changed once it has its name;
 //! - `current`: a symlink to `releases/{job}`, switched in one step (a new link renamed over it);
 //! - `releases/.{job}.partial/`: a release being copied, never pointed at; what a crash or a stop
-//!   left is removed by the next publish;
-//! - `.deployhook.lock`: locked (flock) by whoever names, switches or removes releases, a build
+//!   left is retired by the next publish;
+//! - `.removed-…/`: trees retired (releases past `keep`, leftovers, a release taken back),
+//!   renamed in one step and deleted by the janitor after a READY publish ([`settle`]): deleting
+//!   a big tree takes seconds, which neither the lock nor a build may wait for;
+//! - `.deployhook.lock`: locked (flock) by whoever names, switches or retires releases, a build
 //!   thread publishing or the admin thread rolling back, so those steps of publishes and
 //!   rollbacks never interleave, not even across processes. The copy into a job's own partial
 //!   folder runs outside the lock, so a rollback never waits for a copy.
@@ -16,7 +19,7 @@
 //!
 //! - `release.rs`: the copy into a new release, hard-linking files unchanged since the live one;
 //! - `current.rs`: reading and switching `current`, the kept releases, a rollback's choice;
-//! - `prune.rs`: releases beyond `keep` and leftovers of interrupted publishes;
+//! - `prune.rs`: retiring releases beyond `keep` and leftovers of interrupted publishes;
 //! - `error.rs`: why a publish or a rollback failed, and what the operator can do about it.
 
 mod current;
@@ -116,7 +119,7 @@ pub fn publish(
     make_folders(to).map_err(io_error(Step::Prepare, to))?;
     let releases_dir = to.join(RELEASES);
     let partial = releases_dir.join(format!(".{job_id}.partial"));
-    prune::remove_any(&partial).map_err(io_error(Step::Prepare, &partial))?;
+    prune::retire(to, &partial).map_err(io_error(Step::Prepare, &partial))?;
     // The copy runs without the lock, so a rollback meanwhile is not held up by it. Linking to
     // the release live when it began stays right whatever happens next: contents are compared.
     let linked_to = live(to)
@@ -135,7 +138,7 @@ pub fn publish(
     let stats = match copied {
         Ok(stats) => stats,
         Err(e) => {
-            let _ = prune::remove_any(&partial);
+            let _ = prune::retire(to, &partial);
             return Err(match e {
                 CopyError::Stopped => PublishError::Stopped,
                 CopyError::Io { path, cause } => io_error(Step::Copy, &path)(cause),
@@ -150,7 +153,7 @@ pub fn publish(
     let cleared = prune::leftovers(to, &partial).map_err(io_error(Step::Prepare, to))?;
     if cleared > 0 {
         say(&format!(
-            "publish: removed {cleared} leftovers of an interrupted publish"
+            "publish: retired {cleared} leftovers of an interrupted publish"
         ));
     }
     // What the switch replaces, read under the lock (a rollback may have moved it).
@@ -161,7 +164,7 @@ pub fn publish(
     let fin = releases_dir.join(job_id);
     // A release of this job may be there from an attempt a crash interrupted. If it is live, it
     // is swapped with the new copy in one step (a reader of `current` always finds a whole
-    // release); the old copy then has the partial name, and the next publish removes it.
+    // release); the old copy then has the partial name, and is retired below.
     let replace_live = previous.as_deref() == Some(job_id);
     if replace_live {
         say(concat!(
@@ -170,9 +173,9 @@ pub fn publish(
         ));
     } else {
         if fs::symlink_metadata(&fin).is_ok() {
-            prune::remove_any(&fin).map_err(io_error(Step::Switch, &fin))?;
+            prune::retire(to, &fin).map_err(io_error(Step::Switch, &fin))?;
             say(&format!(
-                "publish: removed the release an interrupted attempt of {job_id} left"
+                "publish: retired the release an interrupted attempt of {job_id} left"
             ));
         }
         // Whole and durable under its final name, and not live until the switch.
@@ -194,9 +197,13 @@ pub fn publish(
         None => Some(PublishError::Stopped),
     };
     if let Some(e) = failed {
-        // The new release never went live: remove it (a live release being replaced stays).
-        let _ = prune::remove_any(if replace_live { &partial } else { &fin });
+        // The new release never went live: retire it (a live release being replaced stays).
+        let _ = prune::retire(to, if replace_live { &partial } else { &fin });
         return Err(e);
+    }
+    if replace_live {
+        // The copy the live release had, swapped out.
+        let _ = prune::retire(to, &partial);
     }
     let synced = current::sync_folder(to).and_then(|()| match replace_live {
         true => current::sync_folder(&releases_dir),
@@ -282,13 +289,16 @@ fn describe(stats: &CopyStats, previous: Option<&str>) -> String {
 /// Returns the line for the job log, if any.
 pub fn settle(spec: &Publish, delete: &mut dyn FnMut(PathBuf)) -> Option<String> {
     let to = spec.to.as_path();
-    let retired = lock(to).and_then(|_lock| prune::beyond_keep(to, spec.keep));
+    let retired = lock(to).and_then(|_lock| {
+        let ids = prune::beyond_keep(to, spec.keep)?;
+        // Everything retired so far, by this publish or earlier ones, goes to the janitor.
+        Ok((ids, prune::retired(to)?))
+    });
     match retired {
-        Ok(retired) if retired.is_empty() => None,
-        Ok(retired) => {
-            let ids: Vec<String> = retired.iter().map(|(job, _)| job.clone()).collect();
-            for (_, path) in retired {
-                delete(path);
+        Ok((ids, trees)) => {
+            trees.into_iter().for_each(&mut *delete);
+            if ids.is_empty() {
+                return None;
             }
             Some(format!(
                 "publish: removing {} (publish.keep = {}): {}",
@@ -334,11 +344,7 @@ pub fn undo(spec: &Publish, published: &Published) -> io::Result<String> {
     };
     current::switch(to, back)?;
     // A reader that opened the release a moment ago keeps what it opened through the rename.
-    let releases_dir = to.join(RELEASES);
-    fs::rename(
-        releases_dir.join(job),
-        releases_dir.join(format!(".{job}.partial")),
-    )?;
+    prune::retire(to, &to.join(RELEASES).join(job))?;
     Ok(format!(
         "current -> releases/{back} again; the job's release is retired"
     ))
@@ -438,9 +444,11 @@ mod tests {
         assert_eq!(again.previous.as_deref(), Some(J1));
         let live_page = fs::read_to_string(spec.to.join("current/index.html")).unwrap();
         assert_eq!(live_page, "second attempt");
-        let old = spec.to.join(RELEASES).join(format!(".{J1}.partial"));
+        // The first attempt's copy is retired, whole, for the janitor.
+        let retired = prune::retired(&spec.to).unwrap();
+        assert_eq!(retired.len(), 1, "{retired:?}");
         assert_eq!(
-            fs::read_to_string(old.join("index.html")).unwrap(),
+            fs::read_to_string(retired[0].join("index.html")).unwrap(),
             "first attempt"
         );
         // A stop before the switch leaves current alone, and no partial copy behind.
@@ -448,7 +456,11 @@ mod tests {
         assert!(matches!(stopped, Err(PublishError::Stopped)), "{stopped:?}");
         assert_eq!(live(&spec.to).unwrap().unwrap().job_id, J1);
         assert_eq!(releases(&spec.to).unwrap(), [J1]);
-        assert!(!old.exists(), "the next publish removes the replaced copy");
+        assert_eq!(
+            prune::retired(&spec.to).unwrap().len(),
+            2,
+            "J2's copy retired too"
+        );
         // The job's release is put back only while it is live, to the one before it.
         publish(J2, &checkout, &spec, &Running, quiet).unwrap();
         let published = Published {
@@ -489,7 +501,9 @@ mod tests {
         let line = settle(&spec, &mut delete).unwrap();
         assert!(line.contains("removing 1 old release "), "{line}");
         assert_eq!(releases(&spec.to).unwrap(), [j3]);
-        assert_eq!(deleted, [spec.to.join(format!(".removed-{J1}"))]);
+        // J2's retired release and J1, each handed over for deletion, nothing deleted here.
+        assert_eq!(deleted.len(), 2, "{deleted:?}");
+        assert!(deleted.iter().all(|p| p.is_dir()));
     }
 
     /// A job whose copy halts at its first look at the stop switch until let go.

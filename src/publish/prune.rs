@@ -1,91 +1,89 @@
-//! Removing what a target folder no longer needs: releases beyond `keep` (oldest first, in job
-//! order, never the one `current` names) and what an interrupted publish left behind (partial
-//! copies, temporary links). Called with the target's lock held.
+//! What a target folder no longer needs: releases beyond `keep` (oldest first, in job order,
+//! never the one `current` names), what an interrupted publish left behind (partial copies,
+//! temporary links), a release replaced or taken back. Everything is *retired* here: renamed in
+//! one step to `to/.removed-…`, out of every reader's and rollback's sight. Deleting a retired
+//! tree can take seconds, so it is never done here (under the target's lock, on a build thread
+//! or the admin thread): [`retired`] lists them for the caller to hand to the janitor.
 
 use super::{current, CURRENT, RELEASES};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Removes partial release copies and temporary links a crash or a stop left, but `ours`, the
-/// copy being published; returns how many it found.
+/// The name prefix of a retired tree in `to`.
+const RETIRED: &str = ".removed-";
+
+/// Renames `path` (in `to`) to a fresh `to/.removed-…` name; a path already gone is fine.
+pub(super) fn retire(to: &Path, path: &Path) -> io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map_or_else(
+        || "tree".into(),
+        |n| n.to_string_lossy().trim_start_matches('.').to_string(),
+    );
+    let fresh = format!(
+        "{RETIRED}{name}-{}-{}",
+        crate::clock::now_ms(),
+        NEXT.fetch_add(1, Relaxed)
+    );
+    match fs::rename(path, to.join(fresh)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Retires the partial copies and temporary links a crash or a stop left, but `ours`, the copy
+/// being published; returns how many it found.
 pub(super) fn leftovers(to: &Path, ours: &Path) -> io::Result<usize> {
     let mut found = 0;
     let releases = to.join(RELEASES);
     for entry in fs::read_dir(&releases)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".partial") && entry.path() != ours {
-            remove_any(&entry.path())?;
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".partial") && path != ours {
+            retire(to, &path)?;
             found += 1;
         }
     }
     let temp_link = format!(".{CURRENT}.");
     for entry in fs::read_dir(to)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
         if name.starts_with(&temp_link) && name.ends_with(".tmp") {
-            fs::remove_file(entry.path())?;
-            found += 1;
-        } else if name.starts_with(RETIRED) {
-            // Retired, and not deleted before a crash or a stop.
-            remove_any(&entry.path())?;
+            fs::remove_file(&path)?;
             found += 1;
         }
     }
     Ok(found)
 }
 
-/// The prefix of a release retired by [`beyond_keep`], in `to`, until it is deleted.
-pub(super) const RETIRED: &str = ".removed-";
-
 /// Retires the releases past the newest `keep`, oldest first, sparing the one `current` names
-/// wherever it is: each is renamed to `to/.removed-{job}` (one step: it is no release any
-/// more), for the caller to delete off the build's path. Returns the job ids and the paths.
-pub(super) fn beyond_keep(to: &Path, keep: usize) -> io::Result<Vec<(String, PathBuf)>> {
+/// wherever it is. Returns their job ids.
+pub(super) fn beyond_keep(to: &Path, keep: usize) -> io::Result<Vec<String>> {
     let live = current::live(to)?.map(|l| l.job_id);
-    let mut retired = Vec::new();
+    let mut gone = Vec::new();
     for job in current::releases(to)?.into_iter().skip(keep).rev() {
-        if live.as_deref() == Some(job.as_str()) {
-            continue;
+        if live.as_deref() != Some(job.as_str()) {
+            retire(to, &to.join(RELEASES).join(&job))?;
+            gone.push(job);
         }
-        let gone = to.join(format!("{RETIRED}{job}"));
-        remove_any(&gone)?;
-        fs::rename(to.join(RELEASES).join(&job), &gone)?;
-        retired.push((job, gone));
     }
-    Ok(retired)
+    Ok(gone)
 }
 
-/// Removes a folder tree, first giving back write access to folders a build made read-only
-/// (their mode is copied into the release), or a single file.
-pub(super) fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            open_up(path)?;
-            fs::remove_dir_all(path)
+/// The retired trees in `to`, to be deleted.
+pub(super) fn retired(to: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(to)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(RETIRED))
+        {
+            out.push(path);
         }
-        Err(e) => Err(e),
     }
-}
-
-/// Gives the owner write and search rights on every folder of a tree.
-fn open_up(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return Ok(());
-    }
-    let mode = meta.permissions().mode() | 0o700;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    for entry in fs::read_dir(path)? {
-        open_up(&entry?.path())?;
-    }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -94,7 +92,7 @@ mod tests {
     use crate::journal::testing::Dir;
 
     #[test]
-    fn keeps_the_newest_and_the_live_one() {
+    fn keeps_the_newest_and_the_live_one_and_deletes_nothing_itself() {
         let guard = Dir::new();
         let to = guard.path().to_path_buf();
         let jobs: Vec<String> = (1..=6).map(|i| format!("000000{i}aaaaaaaaaaaaa")).collect();
@@ -108,22 +106,15 @@ mod tests {
         fs::create_dir_all(&ours).unwrap();
         assert_eq!(leftovers(&to, &ours).unwrap(), 2);
         assert!(ours.is_dir());
-        fs::remove_dir(&ours).unwrap();
-        let retired = beyond_keep(&to, 2).unwrap();
-        let ids: Vec<&str> = retired.iter().map(|(job, _)| job.as_str()).collect();
-        assert_eq!(ids, jobs[1..4]);
-        assert!(
-            retired.iter().all(|(_, path)| path.is_dir()),
-            "renamed, not yet deleted"
-        );
-        assert_eq!(
-            leftovers(&to, &ours).unwrap(),
-            3,
-            "what a crash left is removed"
-        );
+        assert_eq!(beyond_keep(&to, 2).unwrap(), jobs[1..4]);
         assert_eq!(
             current::releases(&to).unwrap(),
             [jobs[5].clone(), jobs[4].clone(), jobs[0].clone()]
         );
+        // The partial copy and three releases wait, renamed, for the janitor.
+        let retired = retired(&to).unwrap();
+        assert_eq!(retired.len(), 4, "{retired:?}");
+        assert!(retired.iter().all(|p| p.is_dir()));
+        retire(&to, &to.join("no-such-thing")).unwrap();
     }
 }
