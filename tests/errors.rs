@@ -140,7 +140,7 @@ fn a_failed_group_change_names_admin_group_and_why() {
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
         cmd
     } else if id("-G").split(' ').any(|g| g == "0") {
-        eprintln!("skipped: this user is in group root, so the change would succeed");
+        skip("this user is in group root, so the change would succeed");
         return;
     } else {
         Command::new(BIN)
@@ -321,7 +321,7 @@ fn serve_reports_a_start_up_error_once() {
 fn a_missing_default_config_says_how_to_name_one() {
     let default = Path::new("/etc/deployhook/deployhook.toml");
     if default.exists() {
-        eprintln!("skipped: {} exists on this machine", default.display());
+        skip(&format!("{} exists on this machine", default.display()));
         return;
     }
     for args in [vec!["check-config"], vec!["hooks", "list"], vec!["jobs"]] {
@@ -461,7 +461,7 @@ fn a_group_outside_the_user_namespace_is_explained() {
         .output()
         .is_ok_and(|out| out.status.success());
     if !usable {
-        eprintln!("skipped: no user namespaces here (unshare --user)");
+        skip("no user namespaces here (unshare --user)");
         return;
     }
     let has_daemon_group = Command::new("getent")
@@ -469,7 +469,7 @@ fn a_group_outside_the_user_namespace_is_explained() {
         .output()
         .is_ok_and(|out| out.status.success());
     if !has_daemon_group {
-        eprintln!("skipped: no group `daemon` on this system");
+        skip("no group `daemon` on this system");
         return;
     }
     let dir = TempDir::new("userns");

@@ -71,7 +71,7 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
     let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
     let mut acked: Vec<String> = Vec::new();
 
-    for cycle in 0..20 {
+    for _ in 0..20 {
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = hooks
             .iter()
@@ -106,7 +106,6 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
             acked.extend(c.join().unwrap());
         }
         d.restart();
-        let _ = cycle;
     }
 
     // Every acknowledged job exists and reaches a terminal state.
@@ -146,6 +145,10 @@ fn kill_9_loop_loses_nothing_and_never_overlaps_builds() {
             ended.push((id.clone(), job["state"].as_str().unwrap().to_string()));
         }
     }
+    assert!(
+        !ended.is_empty(),
+        "no acknowledged job ended READY or ERROR"
+    );
     let delivered = std::fs::read_to_string(&notes).unwrap_or_default();
     for (id, state) in &ended {
         let line = format!("{id} {state}");

@@ -86,8 +86,9 @@ fn kill_9_loses_no_acknowledged_job_and_interrupted_builds_start_over() {
         .flat_map(|w| w.join().unwrap())
         .collect();
     assert!(
-        !acked.is_empty(),
-        "no trigger was acknowledged before the kill"
+        acked.len() >= 6,
+        "acknowledged before the kill: {}",
+        acked.len()
     );
     // A leftover build directory from the killed daemon.
     let builds = d.state_dir().join("builds");

@@ -426,6 +426,13 @@ fn a_hanging_command_is_stopped_after_30_seconds_and_tried_again() {
     });
     assert!(gone, "the timed-out command is still running");
     assert_eq!(read(&out.join("runs")).lines().count(), 1);
+    // And it is tried again about 5 s later.
+    assert!(wait_until(Duration::from_secs(20), || read(
+        &out.join("runs")
+    )
+    .lines()
+    .count()
+        == 2));
 }
 
 #[test]

@@ -120,6 +120,7 @@ fn cancel_ends_a_pending_job_and_refuses_a_finished_one() {
     s.daemon.wait_state(&building, "BUILDING", T);
     // One build at a time per project: the other hook's job waits, PENDING.
     let pending = s.daemon.trigger(&other);
+    assert_eq!(s.daemon.job(&pending)["state"], "PENDING");
     let out = s.daemon.cli(&["jobs", "cancel", &pending, "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();

@@ -202,10 +202,17 @@ fn large_event_bodies_are_read_and_dropped_in_bounded_memory() {
     let bogus = format!("/v1/integrations/deploy/site/{}", "A".repeat(32));
     let r = post_to(&s, &bogus, "github", "push", &vec![b' '; 100 * 1024]);
     assert_eq!(r.status, 413);
-    // A line break in a pushed ref cannot forge a log line.
-    let forged = br#"{"ref":"refs/heads/x
-<0>forged line","after":"1"}"#;
-    assert_eq!(post(&s, "github", "push", forged).status, 200);
+    // A line break in a pushed ref (valid JSON: an escaped one) cannot forge a log line.
+    let forged = br#"{"ref":"refs/heads/x\n<0>forged line","after":"1"}"#;
+    let r = post(&s, "github", "push", forged);
+    assert_eq!(r.status, 200);
+    let skipped = r.json()["skipped"].as_str().unwrap_or_default().to_string();
+    assert!(skipped.contains("<0>forged"), "the ref was read: {skipped}");
+    assert!(
+        s.daemon
+            .wait_log("<0>forged", std::time::Duration::from_secs(10)),
+        "the ref is in the log, escaped"
+    );
     assert!(!s
         .daemon
         .log_text()
