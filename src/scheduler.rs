@@ -99,9 +99,15 @@ impl Plan {
         actions
     }
 
-    /// When the next debounced job becomes due (Unix ms), if one waits.
-    pub fn next_due(&self) -> Option<u64> {
-        self.pending.iter().filter_map(|j| j.not_before).min()
+    /// When the next debounced job becomes due (Unix ms, after `now`), if one waits. A job
+    /// already due but held back (its project busy, every build thread taken, a shutdown) is
+    /// not one: it starts on the event that frees its way, so the scheduler does not spin.
+    pub fn next_due(&self, now: u64) -> Option<u64> {
+        self.pending
+            .iter()
+            .filter_map(|j| j.not_before)
+            .filter(|&t| t > now)
+            .min()
     }
 
     fn dispatch(&mut self, actions: &mut Vec<Action>) {
@@ -234,10 +240,11 @@ pub fn run(
     let mut controls = Running::default();
     loop {
         // Wait for the next event, or until a debounced job becomes due.
-        let event = match plan.next_due() {
+        let now = crate::clock::now_ms();
+        let event = match plan.next_due(now) {
             None => events.recv().ok(),
             Some(due) => {
-                let wait = due.saturating_sub(crate::clock::now_ms());
+                let wait = due - now;
                 match events.recv_timeout(Duration::from_millis(wait)) {
                     Ok(event) => Some(event),
                     Err(RecvTimeoutError::Timeout) => Some(Event::Tick),
@@ -339,13 +346,26 @@ mod tests {
         let mut held = job("d", "h1", "p");
         held.not_before = Some(later);
         assert!(p.queued(held, None).is_empty());
-        assert_eq!(p.next_due(), Some(later));
+        assert_eq!(p.next_due(crate::clock::now_ms()), Some(later));
         assert!(p.tick().is_empty());
         // Another project's job is not held up by it.
         assert_eq!(started(&p.queued(job("x", "h2", "q"), None)), ["x"]);
         let mut due = job("e", "h3", "r");
         due.not_before = Some(crate::clock::now_ms() - 1);
         assert_eq!(started(&p.queued(due, None)), ["e"]);
+    }
+
+    #[test]
+    fn a_due_job_held_back_by_a_busy_project_is_no_reason_to_wake() {
+        let mut p = Plan::new(2);
+        assert_eq!(started(&p.queued(job("a", "p1", "p"), None)), ["a"]);
+        let now = crate::clock::now_ms();
+        let mut due = job("b", "p2", "p");
+        due.not_before = Some(now - 1);
+        assert!(p.queued(due, None).is_empty(), "project p is building");
+        // Waking at once would find nothing to start, again and again.
+        assert_eq!(p.next_due(now), None);
+        assert_eq!(started(&p.finished("a")), ["b"]);
     }
 
     #[test]
