@@ -2,8 +2,7 @@
 //! that a bad one exits with status 2 and a usage message before anything is asked of the
 //! daemon. The daemon and the status listener check the same things again for other clients.
 
-/// Most jobs `GET /jobs` returns at once (the status listener's limit).
-const MAX_LIMIT: usize = 500;
+use crate::journal::MAX_LIST_LIMIT;
 
 /// `hook_` and 12 base62 characters.
 pub fn hook_id(s: &str) -> Result<String, String> {
@@ -56,8 +55,8 @@ pub fn state(s: &str) -> Result<String, String> {
 pub fn limit(s: &str) -> Result<usize, String> {
     s.parse()
         .ok()
-        .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(|| format!("must be a whole number from 1 to {MAX_LIMIT}"))
+        .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+        .ok_or_else(|| format!("must be a whole number from 1 to {MAX_LIST_LIMIT}"))
 }
 
 #[cfg(test)]

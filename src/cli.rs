@@ -169,10 +169,13 @@ impl Failure {
     /// Reports the failure once: as a log line when the command logs (`serve`, `demo`: under
     /// systemd that line carries the error priority), else as `deployhook: …` on stderr.
     fn exit(self, logs: bool) -> ExitCode {
-        let code = match &self {
-            Failure::Config(_)
-            | Failure::Daemon(daemon::DaemonError::Config(_))
-            | Failure::Demo(demo::DemoError::Daemon(daemon::DaemonError::Config(_))) => EXIT_CONFIG,
+        // The demo's daemon fails as `serve`'s does.
+        let this = match self {
+            Failure::Demo(demo::DemoError::Daemon(e)) => Failure::Daemon(e),
+            other => other,
+        };
+        let code = match &this {
+            Failure::Config(_) | Failure::Daemon(daemon::DaemonError::Config(_)) => EXIT_CONFIG,
             Failure::Daemon(daemon::DaemonError::ThreadDied { .. }) => supervise::EXIT_SOFTWARE,
             Failure::Daemon(_) | Failure::Demo(_) => 1,
             Failure::Client(client::ClientError::NoDaemon { .. }) => EXIT_NO_DAEMON,
@@ -180,7 +183,7 @@ impl Failure {
             Failure::Client(client::ClientError::BadArgument(_)) => EXIT_USAGE,
             Failure::Client(_) => 1,
         };
-        let message = match self {
+        let message = match this {
             Failure::Config(e) => e.to_string(),
             Failure::Daemon(e) => e.to_string(),
             Failure::Demo(e) => e.to_string(),
@@ -212,9 +215,8 @@ fn run(command: Command) -> Result<(), Failure> {
             for warning in c.projects.values().flat_map(config::Project::warnings) {
                 eprintln!("{}: warning: {warning}", c.path.display());
             }
-            let n = c.projects.len();
-            let projects = if n == 1 { "project" } else { "projects" };
-            println!("{}: OK ({n} {projects})", c.path.display());
+            let projects = crate::words::plural(c.projects.len(), "project");
+            println!("{}: OK ({projects})", c.path.display());
             Ok(())
         }
         Command::Hooks { command } => match command {

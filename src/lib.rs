@@ -36,3 +36,4 @@ mod supervise;
 mod sys;
 mod systemd;
 mod timefmt;
+mod words;

@@ -169,8 +169,9 @@ impl Metrics {
         self.commit_duration.observe(seconds);
     }
 
-    /// The Prometheus text exposition; `journal_bytes` is read by the caller.
-    pub fn render(&self, journal_bytes: u64) -> String {
+    /// The Prometheus text exposition; `journal_bytes` and `notifications_pending` are read
+    /// from the journal by the caller.
+    pub fn render(&self, journal_bytes: u64, notifications_pending: u64) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP deployhook_triggers_total Hook URL requests by result.\n");
         out.push_str("# TYPE deployhook_triggers_total counter\n");
@@ -218,6 +219,12 @@ impl Metrics {
                 "gauge",
                 "Bytes the journal takes on disk (database and write-ahead log).",
                 journal_bytes,
+            ),
+            (
+                "deployhook_notifications_pending",
+                "gauge",
+                "Notifications not yet sent: due, or waiting to be tried again.",
+                notifications_pending,
             ),
             (
                 "deployhook_journal_commits_total",
@@ -291,7 +298,7 @@ mod tests {
         let m = Metrics::default();
         m.commit(3, 0.0007);
         m.commit(1, 0.3);
-        let text = m.render(42);
+        let text = m.render(42, 0);
         assert!(text.contains("deployhook_journal_commit_seconds_bucket{le=\"0.001\"} 1\n"));
         assert!(text.contains("deployhook_journal_commit_seconds_bucket{le=\"1\"} 2\n"));
         assert!(text.contains("deployhook_journal_commit_seconds_bucket{le=\"+Inf\"} 2\n"));

@@ -231,6 +231,11 @@ pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
     }
 }
 
+/// fsync(2) of a folder: the names it holds (a rename into it) survive a power cut.
+pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Writes every dirty page of the file system holding `file` to disk (syncfs(2)): one call
 /// instead of an fsync per file for a release of thousands of files.
 pub fn sync_file_system(file: &std::fs::File) -> io::Result<()> {

@@ -8,8 +8,17 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One demo at a time: each takes the default ports when they are free.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A running demo, and the lock that keeps the other tests' demo from starting meanwhile.
+type Running = (std::sync::MutexGuard<'static, ()>, std::process::Child);
+
 /// Starts `deployhook demo` and reads what it prints, up to its last line (`Config: …`).
-fn start_demo() -> (std::process::Child, Vec<String>) {
+fn start_demo() -> (Running, Vec<String>) {
+    let one = ONE_DEMO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut child = Command::new(BIN)
         .arg("demo")
         .stdout(Stdio::piped())
@@ -30,11 +39,11 @@ fn start_demo() -> (std::process::Child, Vec<String>) {
             break;
         }
     }
-    (child, lines)
+    ((one, child), lines)
 }
 
 /// SIGTERM to the demo; its exit status.
-fn stop_demo(mut child: std::process::Child) -> Option<i32> {
+fn stop_demo((_one, mut child): Running) -> Option<i32> {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -390,12 +390,7 @@ impl Admin {
         verify: bool,
     ) -> Result<Created, AdminError> {
         let config = self.config();
-        let Some(spec) = config.projects.get(&project) else {
-            return Err(AdminError::UnknownProject {
-                project,
-                known: config.projects.keys().cloned().collect(),
-            });
-        };
+        let spec = known_project(&config, project.clone())?;
         let name = check_hook_name(&name)?;
         check_branch(&branch)?;
         if verify {
@@ -440,6 +435,17 @@ impl Admin {
             _ => Err(AdminError::NoSuchHook(id)),
         }
     }
+}
+
+/// The configured project `name`, or the refusal that lists the known ones.
+fn known_project(config: &Config, name: String) -> Result<&crate::config::Project, AdminError> {
+    config
+        .projects
+        .get(&name)
+        .ok_or_else(|| AdminError::UnknownProject {
+            project: name,
+            known: config.projects.keys().cloned().collect(),
+        })
 }
 
 /// A hook name as stored: trimmed, 1 to [`MAX_HOOK_NAME`] characters, no control characters.

@@ -20,12 +20,7 @@ impl Admin {
             return Err(AdminError::NotAJobId(job.clone()));
         }
         let config = self.config();
-        let Some(spec) = config.projects.get(&project) else {
-            return Err(AdminError::UnknownProject {
-                project,
-                known: config.projects.keys().cloned().collect(),
-            });
-        };
+        let spec = super::known_project(&config, project.clone())?;
         let Some(target) = &spec.publish else {
             return Err(AdminError::NotPublished { project });
         };

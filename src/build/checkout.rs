@@ -192,27 +192,29 @@ pub(super) fn checkout(
 
 /// Whether the mirror itself is broken (as opposed to the remote or the branch being wrong).
 fn mirror_is_damaged(mirror: &Path, steps: &Steps) -> bool {
-    let status = Command::new("git")
-        .args(["fsck", "--connectivity-only", "--no-dangling"])
-        .current_dir(mirror)
+    let mut fsck = local_git(steps.env, mirror);
+    fsck.args(["fsck", "--connectivity-only", "--no-dangling"])
+        .stdout(Stdio::null());
+    !fsck.status().is_ok_and(|s| s.success())
+}
+
+/// A git command on a local repository in `dir`, quiet, in the job's cleared environment, dying
+/// with the daemon.
+fn local_git(env: &[(String, String)], dir: &Path) -> Command {
+    let mut git = Command::new("git");
+    git.current_dir(dir)
         .env_clear()
-        .envs(steps.env.iter().cloned())
+        .envs(env.iter().cloned())
+        .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    !status.is_ok_and(|s| s.success())
+        .stderr(Stdio::null());
+    crate::sys::die_with_parent(&mut git);
+    git
 }
 
 /// The commit checked out in `dir`.
-pub(super) fn head_commit(dir: &Path) -> io::Result<String> {
-    let out = Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()?;
+pub(super) fn head_commit(env: &[(String, String)], dir: &Path) -> io::Result<String> {
+    let out = local_git(env, dir).args(["rev-parse", "HEAD"]).output()?;
     let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if out.status.success() && sha.len() >= 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(sha)

@@ -122,7 +122,7 @@ fn run_job(ctx: &Context, job: &QueuedJob, control: &Control) {
         _ => return, // canceled before it could start, or left PENDING for the next start
     };
     let started = Instant::now();
-    let log_path = config.logs_dir().join(format!("{}.log", job.id));
+    let log_path = config.job_log(&job.id);
     let log: SharedLog = Arc::new(Mutex::new(Log::open(
         &log_path,
         config.max_log_bytes,
@@ -316,7 +316,7 @@ fn build_in(
         Err(CheckoutFailed::Stopped(reason)) => return stopped(reason, project),
     }
 
-    let commit = match head_commit(dir) {
+    let commit = match head_commit(&base_env, dir) {
         Ok(c) => c,
         Err(e) => {
             return Some(Verdict::error(format!(

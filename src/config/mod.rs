@@ -154,6 +154,14 @@ impl Config {
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
     }
+    /// A job's log file, `logs/{job}.log`.
+    pub fn job_log(&self, job_id: &str) -> PathBuf {
+        Config::job_log_in(&self.logs_dir(), job_id)
+    }
+    /// A job's log file in the logs folder `logs`.
+    pub fn job_log_in(logs: &Path, job_id: &str) -> PathBuf {
+        logs.join(format!("{job_id}.log"))
+    }
     pub fn builds_dir(&self) -> PathBuf {
         self.state_dir.join("builds")
     }

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::http::waiters::Waiters;
 use crate::journal::{Journal, Op, Outcome, Writer};
 use crate::metrics::Metrics;
-use crate::notifier::{self, Notifier};
+use crate::notifier;
 use crate::scheduler::{self, Event};
 use crate::supervise::{self, spawn_core, At};
 use crate::{janitor, sys};
@@ -32,13 +32,8 @@ pub(super) struct Core {
     pub(super) events: Sender<Event>,
     /// Callers holding a long poll on a hook URL; the commit callback answers them.
     pub(super) waiters: Arc<Waiters>,
-    /// Stops the notifier (a running `notify` command killed at the stop's bound runs again
-    /// after the restart).
-    notifier: Arc<notifier::Stop>,
-    /// Never sent on: it reports Disconnected once the notifier thread has ended.
-    notifier_gone: Receiver<()>,
-    /// Wakes the notifier, which may be asleep until its next due time.
-    wake_notifier: notifier::Wake,
+    /// The notifier thread, to stop it.
+    notifier: notifier::Handle,
     /// Never sent on: it reports Disconnected once the last build thread has ended.
     builds_gone: Receiver<()>,
     /// Open jobs found at start.
@@ -62,15 +57,14 @@ impl Core {
             crate::http::trigger::job_reply,
         ));
         let shared = Arc::new(RwLock::new(Arc::new(config.clone())));
-        let stop_notifier = Arc::new(notifier::Stop::default());
-        let (notifier, wake) =
-            Notifier::new(journal.clone(), shared.clone(), stop_notifier.clone());
+        let notifier = notifier::start(journal.clone(), shared.clone())
+            .map_err(DaemonError::thread("notifier"))?;
         let commit = after_commit(
             events.clone(),
             to_janitor.clone(),
             config.logs_dir(),
             metrics.clone(),
-            (waiters.clone(), wake.clone()),
+            (waiters.clone(), notifier.wake()),
         );
         start_writer(writer, commit, metrics.clone())?;
         set_notify_policy(&journal, config);
@@ -86,21 +80,13 @@ impl Core {
         let (j, s, m) = (journal.clone(), shared.clone(), metrics.clone());
         spawn_core("pruner", move || prune_forever(&j, &s, &m))
             .map_err(DaemonError::thread("pruner"))?;
-        let (alive, notifier_gone) = crossbeam_channel::bounded::<()>(0);
-        spawn_core("notifier", move || {
-            let _alive = alive;
-            notifier.run()
-        })
-        .map_err(DaemonError::thread("notifier"))?;
         Ok(Core {
             journal,
             config: shared,
             metrics,
             events,
             waiters,
-            notifier: stop_notifier,
-            notifier_gone,
-            wake_notifier: wake,
+            notifier,
             builds_gone,
             recovered,
         })
@@ -111,8 +97,6 @@ impl Core {
     /// so that a copy of the stopped daemon's journal.redb is the whole journal.
     pub(super) fn stop(self) {
         let _ = self.events.send(Event::Shutdown);
-        self.notifier.stop();
-        self.wake_notifier.ring();
         let grace = self
             .config
             .read()
@@ -125,15 +109,8 @@ impl Core {
                 log::warn!("build threads still busy after the kill grace; stopping anyway")
             }
         }
-        // A running notify command may finish within the same bound; past it, it is stopped
-        // and runs again after the restart.
-        if let Ok(()) | Err(RecvTimeoutError::Timeout) = self.notifier_gone.recv_deadline(deadline)
-        {
-            log::warn!(
-                "a notify command is still running; stopping it (it runs again after the restart)"
-            );
-            self.notifier.kill();
-        }
+        // A running notify command may finish within the same bound.
+        self.notifier.stop_by(deadline);
         if let Err(e) = self.journal.submit(Op::Checkpoint) {
             log::warn!(
                 "final journal checkpoint failed ({e}); the write-ahead log keeps the last triggers"
@@ -161,7 +138,7 @@ fn start_writer(
     spawn_core("journal-writer", move || {
         writer.run(commit, move |s| {
             // Only commits that wrote something count (an idle retention pass does not).
-            if s.ok && s.wrote > 0 {
+            if s.wrote > 0 {
                 metrics.commit(s.wrote, s.seconds)
             }
         })
@@ -312,7 +289,7 @@ fn after_commit(
             Outcome::Finished(row) | Outcome::Canceled { row, .. } => waiters.ended(&row.job.id),
             Outcome::Pruned(ids) => {
                 for id in ids {
-                    let _ = janitor.send(logs.join(format!("{id}.log")));
+                    let _ = janitor.send(Config::job_log_in(&logs, id));
                 }
             }
             _ => {}

@@ -8,8 +8,8 @@
 //!    signal handlers, the admin socket (bound under a process-wide umask) and the TCP
 //!    listeners; core-thread deaths are made fatal ([`supervise::arm`]).
 //! 2. Start the core: janitor, state folders, journal and its writer, recovery (open jobs go
-//!    to the scheduler before the first trigger can), scheduler, build pool, pruner, notifier
-//!    (after the journal has the config's notification policy).
+//!    to the scheduler before the first trigger can), scheduler, build pool, pruner, and the
+//!    notifier (with the journal's writer: what a commit adds to the outbox wakes it).
 //! 3. Start the front: hook listener, status listener, admin socket. Then log the ready line,
 //!    tell systemd, and start the watchdog.
 //! 4. Wait for a stop: SIGTERM or SIGINT, or the death of a core thread. SIGHUP reloads.

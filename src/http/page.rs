@@ -144,8 +144,8 @@ fn live(html: &mut String, p: &Summary) {
     if let Some(n) = p.newer_than_live().filter(|n| *n > 0) {
         let _ = write!(
             html,
-            "<p><strong>Rolled back:</strong> {n} newer release{} kept</p>",
-            if n == 1 { "" } else { "s" }
+            "<p><strong>Rolled back:</strong> {} kept</p>",
+            crate::words::plural(n, "newer release")
         );
     }
 }

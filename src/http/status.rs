@@ -6,7 +6,7 @@
 use super::request::Request;
 use super::{page, projects, ApiError, Reply};
 use crate::config::Config;
-use crate::journal::{Job, JobFilter, JobRow, JobState, Journal};
+use crate::journal::{Job, JobFilter, JobRow, JobState, Journal, MAX_LIST_LIMIT};
 use crate::metrics::Metrics;
 use crate::secret;
 use serde_json::json;
@@ -20,7 +20,6 @@ use tiny_http::Method;
 
 const ALLOW: &str = "GET, HEAD";
 const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 500;
 const MAX_TAIL: usize = 100_000;
 /// How often a followed log is checked for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
@@ -72,14 +71,9 @@ impl StatusHandler {
                 Ok(Reply::json(200, &json!({ "projects": projects })))
             }
             ["metrics"] => {
-                let mut text = self.metrics.render(self.journal.file_bytes());
-                text.push_str(&projects::metrics(&self.summaries()?));
                 let pending = self.journal.notifications_pending()?;
-                let name = "deployhook_notifications_pending";
-                text.push_str(&format!(
-                    "# HELP {name} Notifications not yet sent: due, or waiting to be tried again.\n\
-                     # TYPE {name} gauge\n{name} {pending}\n"
-                ));
+                let mut text = self.metrics.render(self.journal.file_bytes(), pending);
+                text.push_str(&projects::metrics(&self.summaries()?));
                 Ok(Reply::bytes(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -116,7 +110,7 @@ impl StatusHandler {
 
     fn log_path(&self, job_id: &str) -> PathBuf {
         let config = self.config.read().unwrap_or_else(PoisonError::into_inner);
-        config.logs_dir().join(format!("{job_id}.log"))
+        config.job_log(job_id)
     }
 
     fn status(&self) -> Result<Reply, ApiError> {
@@ -259,8 +253,8 @@ pub(crate) fn parse_filter(req: &Request) -> Result<JobFilter, ApiError> {
                 filter.limit = value
                     .parse()
                     .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| bad(format!("limit must be 1 to {MAX_LIMIT}")))?
+                    .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                    .ok_or_else(|| bad(format!("limit must be 1 to {MAX_LIST_LIMIT}")))?
             }
             "before" => {
                 filter.before = Some(

@@ -35,7 +35,7 @@ mod writer;
 pub use apply::MAX_PRUNE_PER_OP;
 pub use error::{JournalError, ReadError};
 pub use ops::{Attempt, Op, Outcome};
-pub use reads::JobFilter;
+pub use reads::{JobFilter, MAX_LIST_LIMIT};
 pub use records::{Hook, Job, JobRow, JobState, Notification, NotificationState, NotifyOn};
 #[doc(hidden)]
 pub use wal::fuzz_decode;
@@ -195,12 +195,6 @@ impl Journal {
         self.path
             .as_ref()
             .map_or(0, |p| size(p) + size(&p.with_extension(LOG_EXTENSION)))
-    }
-
-    /// Whether a hook with this secret exists and belongs to `project` (an in-memory pre-check
-    /// that keeps guessed secrets away from the writer; the writer checks again).
-    pub fn secret_matches(&self, secret: &SecretHash, project: &str) -> bool {
-        matches!(self.lookup_secret(secret, project), SecretLookup::Live(_))
     }
 
     /// The branch of the live hook behind `secret`.

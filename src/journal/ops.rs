@@ -139,9 +139,8 @@ impl Outcome {
     /// Whether the op changed the journal (so its batch is committed and logged).
     pub(super) fn changes(&self) -> bool {
         match self {
+            // A retention pass that finds nothing to remove is NotApplicable.
             Outcome::NotFound | Outcome::NotApplicable => false,
-            // A retention pass that found nothing to remove wrote nothing.
-            Outcome::Pruned(ids) => !ids.is_empty(),
             _ => true,
         }
     }
@@ -149,12 +148,9 @@ impl Outcome {
 
 /// Figures the writer reports after each commit.
 pub struct CommitStats {
-    /// Ops in the batch.
-    pub ops: usize,
     /// Ops that changed the journal (none: nothing was written, the transaction was dropped).
     pub wrote: usize,
     pub seconds: f64,
-    pub ok: bool,
 }
 
 #[cfg(test)]
@@ -167,7 +163,6 @@ mod tests {
         assert!(!Outcome::NotApplicable.changes());
         assert!(Outcome::HookCreated.changes());
         assert!(Outcome::Checkpointed.changes());
-        assert!(!Outcome::Pruned(Vec::new()).changes());
         assert!(Outcome::Pruned(vec!["J1".into()]).changes());
     }
 

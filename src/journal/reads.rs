@@ -15,7 +15,10 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 /// Most index entries one listing scans when a filter skips rows.
 const MAX_LIST_SCAN: usize = 20_000;
 
-/// A listing request; `limit` is already validated.
+/// The most jobs one listing returns (`limit`, the status listener's and the CLI's).
+pub const MAX_LIST_LIMIT: usize = 500;
+
+/// A listing request; `limit` is already validated (1 to [`MAX_LIST_LIMIT`]).
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub hook: Option<String>,

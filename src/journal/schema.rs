@@ -10,6 +10,7 @@ use super::records::{unhex, HookRow, JobRow};
 use super::SecretEntry;
 use crate::secret::SecretHash;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -75,7 +76,7 @@ pub(super) fn open_database(path: &Path) -> Result<Database, JournalError> {
             source: Arc::new(e),
         })?;
         if let Some(dir) = path.parent() {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            let _ = crate::sys::sync_dir(dir);
         }
     }
     Ok(builder().create(path)?)
@@ -141,22 +142,27 @@ pub(super) fn load_secrets(
     Ok(out)
 }
 
-/// The job row stored under `id` in `JOBS`.
-pub(super) fn decode_job(id: &str, raw: &[u8]) -> Result<JobRow, JournalError> {
+/// A JSON row stored under `key` in `table`; one that does not decode is named by both.
+pub(super) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    raw: &[u8],
+) -> Result<T, JournalError> {
     serde_json::from_slice(raw).map_err(|e| JournalError::Corrupt {
-        table: JOBS_NAME,
-        key: id.to_string(),
+        table,
+        key: key.to_string(),
         detail: e.to_string(),
     })
 }
 
+/// The job row stored under `id` in `JOBS`.
+pub(super) fn decode_job(id: &str, raw: &[u8]) -> Result<JobRow, JournalError> {
+    decode(JOBS_NAME, id, raw)
+}
+
 /// The hook row stored under `id` in `HOOKS`.
 pub(super) fn decode_hook(id: &str, raw: &[u8]) -> Result<HookRow, JournalError> {
-    serde_json::from_slice(raw).map_err(|e| JournalError::Corrupt {
-        table: HOOKS_NAME,
-        key: id.to_string(),
-        detail: e.to_string(),
-    })
+    decode(HOOKS_NAME, id, raw)
 }
 
 /// A row (or log record) as stored; `what` names it should encoding ever fail.

@@ -134,12 +134,10 @@ impl Writer {
             let started = Instant::now();
             let result = self.commit_batch(&batch);
             on_stats(CommitStats {
-                ops: batch.len(),
                 wrote: result.as_ref().map_or(0, |outcomes| {
                     outcomes.iter().filter(|o| o.changes()).count()
                 }),
                 seconds: started.elapsed().as_secs_f64(),
-                ok: result.is_ok(),
             });
             match result {
                 Ok(outcomes) => {

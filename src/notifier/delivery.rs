@@ -10,6 +10,7 @@ use crate::build::{
 };
 use crate::clock::now_ms;
 use crate::config::{Config, Project};
+use crate::git_access::GitAccess;
 use crate::job::{Control, StopReason};
 use crate::journal::{Attempt, Job, JobFilter, JobRow, JobState, Journal, Op};
 use std::fs::{File, OpenOptions};
@@ -50,7 +51,7 @@ pub(super) fn attempt(
     };
     let attempts = row.job.notification.as_ref().map_or(0, |n| n.attempts) + 1;
     let log: SharedLog = Arc::new(Mutex::new(Log::open(
-        &config.logs_dir().join(format!("{job_id}.log")),
+        &config.job_log(job_id),
         config.max_log_bytes,
         true,
     )));
@@ -112,14 +113,12 @@ fn run(
     control: &Control,
     log: &SharedLog,
 ) -> Result<(), Failure> {
-    let secrets = match &project.env_file {
-        Some(path) => crate::env_file::read(path).map_err(|e| Failure::Failed(e.to_string()))?,
-        None => Vec::new(),
-    };
+    // The env file's variables and every value to mask, read as a build reads them.
+    let access = GitAccess::prepare(config, project).map_err(|e| Failure::Failed(e.to_string()))?;
     log.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .masker
-        .hide(secrets.iter().map(|(_, v)| v.as_str()));
+        .hide(access.secrets.iter().map(String::as_str));
     say(
         log,
         &format!(
@@ -135,7 +134,7 @@ fn run(
         .env_clear()
         .envs(base_env(config))
         .envs(&project.env)
-        .envs(secrets)
+        .envs(access.build_env.iter().cloned())
         .envs(job_variables(row))
         .env("DEPLOYHOOK_NOTIFY_EVENT", event(journal, row))
         .env(NOTIFICATION_MARK, "1")

@@ -26,28 +26,27 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest sleep with nothing due: the outbox is read again at least this often anyway.
 const IDLE: Duration = Duration::from_secs(3600);
 /// Pause after the journal could not be read or written, before trying again.
 const JOURNAL_PAUSE: Duration = Duration::from_secs(5);
 
-/// How the daemon stops the notifier: [`Stop::stop`] lets no attempt start after it;
-/// [`Stop::kill`] stops a running command too (its notification stays due and runs again
-/// after the restart).
+/// How the notifier is stopped: [`Stop::stop`] lets no attempt start after it; [`Stop::kill`]
+/// stops a running command too (its notification stays due and runs again after the restart).
 #[derive(Default)]
-pub struct Stop {
+struct Stop {
     stopping: AtomicBool,
     running: Mutex<Option<Arc<Control>>>,
 }
 
 impl Stop {
-    pub fn stop(&self) {
+    fn stop(&self) {
         self.stopping.store(true, SeqCst);
     }
 
-    pub fn kill(&self) {
+    fn kill(&self) {
         self.stop();
         if let Some(control) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
             control.stop(StopReason::Shutdown);
@@ -91,18 +90,59 @@ impl Wake {
     }
 
     /// Wakes the notifier now (to see a stop, say).
-    pub fn ring(&self) {
+    fn ring(&self) {
         match self.0.try_send(()) {
             Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
         }
     }
 }
 
+/// The daemon's hold on the notifier thread: what wakes it, and its stop.
+pub struct Handle {
+    stop: Arc<Stop>,
+    wake: Wake,
+    /// Never sent on: it reports Disconnected once the thread has ended.
+    gone: Receiver<()>,
+}
+
+impl Handle {
+    /// Where the commit callback says the outbox may have grown.
+    pub fn wake(&self) -> Wake {
+        self.wake.clone()
+    }
+
+    /// No attempt starts from now; a running command may finish until `deadline`, and is
+    /// stopped then (it runs again after the restart).
+    pub fn stop_by(&self, deadline: Instant) {
+        self.stop.stop();
+        // Asleep until its next due time otherwise.
+        self.wake.ring();
+        if let Ok(()) | Err(RecvTimeoutError::Timeout) = self.gone.recv_deadline(deadline) {
+            log::warn!(
+                "a notify command is still running; stopping it (it runs again after the restart)"
+            );
+            self.stop.kill();
+        }
+    }
+}
+
+/// Starts the `notifier` core thread.
+pub fn start(journal: Journal, config: Arc<RwLock<Arc<Config>>>) -> std::io::Result<Handle> {
+    let stop = Arc::new(Stop::default());
+    let (notifier, wake) = Notifier::new(journal, config, stop.clone());
+    let (alive, gone) = crossbeam_channel::bounded::<()>(0);
+    supervise::spawn_core("notifier", move || {
+        let _alive = alive;
+        notifier.run()
+    })?;
+    Ok(Handle { stop, wake, gone })
+}
+
 /// What the notifier thread needs.
-pub struct Notifier {
-    pub journal: Journal,
-    pub config: Arc<RwLock<Arc<Config>>>,
-    pub stop: Arc<Stop>,
+struct Notifier {
+    journal: Journal,
+    config: Arc<RwLock<Arc<Config>>>,
+    stop: Arc<Stop>,
     wake: Receiver<()>,
     /// Outcomes of commands that ran but that the journal refused to record, by job id.
     unrecorded: HashMap<String, Attempt>,
@@ -110,7 +150,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// The thread's state and the handle that wakes it.
-    pub fn new(
+    fn new(
         journal: Journal,
         config: Arc<RwLock<Arc<Config>>>,
         stop: Arc<Stop>,
@@ -127,7 +167,7 @@ impl Notifier {
     }
 
     /// The thread: delivers what is due, then sleeps until the next due time or a wake-up.
-    pub fn run(mut self) {
+    fn run(mut self) {
         while !self.stop.stopping() {
             supervise::fault_point(At::Event);
             let pause = match self.journal.outbox() {

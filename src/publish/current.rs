@@ -7,7 +7,7 @@
 
 use super::{RollbackError, CURRENT, RELEASES};
 use crate::secret::is_job_id;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -75,7 +75,7 @@ pub fn releases(to: &Path) -> io::Result<Vec<String>> {
 /// Points `current` at `releases/{job_id}` in one step and makes the change durable.
 pub(super) fn switch(to: &Path, job_id: &str) -> io::Result<()> {
     point(to, job_id)?;
-    sync_folder(to)
+    crate::sys::sync_dir(to)
 }
 
 /// Points `current` at `releases/{job_id}` in one step: a new link under a temporary name,
@@ -91,11 +91,6 @@ pub(super) fn point(to: &Path, job_id: &str) -> io::Result<()> {
     fs::rename(&temp, to.join(CURRENT)).inspect_err(|_| {
         let _ = fs::remove_file(&temp);
     })
-}
-
-/// fsync(2) of a folder: the names it holds (a rename into it) survive a power cut.
-pub(super) fn sync_folder(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// The release a rollback goes to: `job`'s, or without one the newest kept release older than

@@ -32,6 +32,7 @@ pub use error::{PublishError, RollbackError, Step};
 pub use release::CopyStats;
 
 use crate::config::Publish;
+use crate::words::plural;
 use release::CopyError;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -180,7 +181,7 @@ pub fn publish(
         }
         // Whole and durable under its final name, and not live until the switch.
         fs::rename(&partial, &fin)
-            .and_then(|()| current::sync_folder(&releases_dir))
+            .and_then(|()| crate::sys::sync_dir(&releases_dir))
             .map_err(io_error(Step::Switch, &fin))?;
     }
     // Only what a reader of `current` sees happens behind the gate, so no stop overtakes it and
@@ -205,8 +206,8 @@ pub fn publish(
         // The copy the live release had, swapped out.
         let _ = prune::retire(to, &partial);
     }
-    let synced = current::sync_folder(to).and_then(|()| match replace_live {
-        true => current::sync_folder(&releases_dir),
+    let synced = crate::sys::sync_dir(to).and_then(|()| match replace_live {
+        true => crate::sys::sync_dir(&releases_dir),
         false => Ok(()),
     });
     if let Err(e) = synced {
@@ -258,25 +259,24 @@ fn output_folder(checkout: &Path, dir: &Path, to: &Path) -> Result<PathBuf, Publ
 
 /// The job log's line about a copy.
 fn describe(stats: &CopyStats, previous: Option<&str>) -> String {
-    let count = plural;
     let linked = match previous {
         Some(release) => format!(
             "{} hard-linked to release {release} (unchanged)",
-            count(stats.linked, "file")
+            plural(stats.linked, "file")
         ),
         None => "no earlier release to link to".to_string(),
     };
     let mut line = format!(
         "publish: {linked}, {} copied ({} bytes), {}, {}",
-        count(stats.copied, "file"),
+        plural(stats.copied, "file"),
         stats.bytes_copied,
-        count(stats.folders, "folder"),
-        count(stats.symlinks, "symbolic link"),
+        plural(stats.folders, "folder"),
+        plural(stats.symlinks, "symbolic link"),
     );
     if stats.skipped > 0 {
         line.push_str(&format!(
             "; {} left out (sockets, FIFOs, devices)",
-            count(stats.skipped, "special file")
+            plural(stats.skipped, "special file")
         ));
     }
     line
@@ -310,14 +310,6 @@ pub fn settle(spec: &Publish, delete: &mut dyn FnMut(PathBuf)) -> Option<String>
         Err(e) => Some(format!(
             "publish: could not remove old releases ({e}); they are removed after the next publish"
         )),
-    }
-}
-
-/// `n thing` or `n things`.
-fn plural(n: usize, thing: &str) -> String {
-    match n {
-        1 => format!("1 {thing}"),
-        n => format!("{n} {thing}s"),
     }
 }
 

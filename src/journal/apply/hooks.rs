@@ -116,7 +116,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(out, Outcome::NotFound);
-        assert!(j.secret_matches(&hash_secret("s1"), "site"));
+        assert!(matches!(
+            j.lookup_secret(&hash_secret("s1"), "site"),
+            SecretLookup::Live(_)
+        ));
         assert_eq!(
             j.submit(Op::RevokeHook {
                 id: "hook_a".into()
@@ -125,7 +128,10 @@ mod tests {
             Outcome::HookRevoked
         );
         assert_eq!(trigger(&j, "s1", "J2"), Outcome::NotFound);
-        assert!(!j.secret_matches(&hash_secret("s1"), "site"));
+        assert!(matches!(
+            j.lookup_secret(&hash_secret("s1"), "site"),
+            SecretLookup::Revoked(_)
+        ));
         assert_eq!(
             j.submit(Op::RevokeHook {
                 id: "hook_a".into()

@@ -5,7 +5,7 @@ use super::Tables;
 use crate::journal::error::JournalError;
 use crate::journal::ops::{Attempt, Outcome};
 use crate::journal::records::{JobRow, JobState, Notification, NotificationState, NotifyOn};
-use crate::journal::schema::encode;
+use crate::journal::schema::{decode, encode};
 use redb::ReadableTable;
 
 /// Most earlier jobs of a hook looked at to tell whether a READY build is a recovery.
@@ -47,13 +47,7 @@ impl Tables<'_> {
             return Ok(*on);
         }
         let on = match self.notify_policy.get(project)? {
-            Some(raw) => {
-                serde_json::from_slice(raw.value()).map_err(|e| JournalError::Corrupt {
-                    table: "notify_policy",
-                    key: project.to_string(),
-                    detail: e.to_string(),
-                })?
-            }
+            Some(raw) => decode("notify_policy", project, raw.value())?,
             None => NotifyOn::default(),
         };
         self.policy_cache.insert(project.to_string(), on);
